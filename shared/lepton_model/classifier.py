@@ -1,0 +1,91 @@
+"""A loaded model ready to classify: metadata + predictor + the shared decoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lepton_model.artifacts import ModelMetadata, read_metadata
+from lepton_model.errors import ArtifactError, ImageError
+from lepton_model.imaging import DEFAULT_LIMITS, ImageLimits, decode_image
+from lepton_model.predictors import Predictor, RuntimeName, load_predictor
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The top label of one image and the k best (label, confidence) pairs."""
+
+    label: str
+    confidence: float
+    top_k: tuple[tuple[str, float], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "confidence": self.confidence,
+            "top_k": [{"label": label, "confidence": conf} for label, conf in self.top_k],
+        }
+
+
+class Classifier:
+    """Decode -> predict -> label, for one model version."""
+
+    def __init__(self, metadata: ModelMetadata, predictor: Predictor, top_k: int = 3) -> None:
+        expected = tuple(metadata.input_shape)
+        got = tuple(getattr(predictor, "input_shape", expected))
+        if got != expected:
+            raise ArtifactError(f"the model takes {got} but metadata.json says {expected}")
+        self.metadata = metadata
+        self.predictor = predictor
+        self.top_k = max(1, min(top_k, len(metadata.labels)))
+        self._labels = np.asarray(metadata.labels, dtype=object)
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def version(self) -> str:
+        return self.metadata.version
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.metadata.input_shape
+
+    def decode(self, data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
+        """Encoded image -> one model input (raises ImageError)."""
+        return decode_image(data, self.metadata.preprocessing, limits)
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != tuple(self.input_shape):
+            raise ImageError(
+                f"inputs must have shape (n, {', '.join(map(str, self.input_shape))}); "
+                f"got {tuple(batch.shape)}"
+            )
+        return self.predictor.predict(batch)
+
+    def predictions(self, probabilities: np.ndarray) -> list[Prediction]:
+        order = np.argsort(-probabilities, axis=1)[:, : self.top_k]
+        results = []
+        for row, best in zip(probabilities, order, strict=True):
+            top = tuple((str(self._labels[i]), round(float(row[i]), 6)) for i in best)
+            results.append(Prediction(label=top[0][0], confidence=top[0][1], top_k=top))
+        return results
+
+    def classify(self, batch: np.ndarray) -> list[Prediction]:
+        return self.predictions(self.probabilities(batch))
+
+    def classify_images(
+        self, images: list[bytes], limits: ImageLimits = DEFAULT_LIMITS
+    ) -> list[Prediction]:
+        return self.classify(np.stack([self.decode(data, limits) for data in images]))
+
+
+def load_classifier(
+    directory: Path, runtime: RuntimeName = "auto", top_k: int = 3
+) -> Classifier:
+    """Load an artifact directory into a Classifier."""
+    return Classifier(read_metadata(directory), load_predictor(directory, runtime), top_k)

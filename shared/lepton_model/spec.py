@@ -1,0 +1,89 @@
+"""Small immutable values that describe a model: its architecture and its input preprocessing."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+Background = Literal["dark", "light", "keep"]
+Fit = Literal["pad", "stretch"]
+
+
+def _from_mapping(cls: type, data: dict[str, Any]) -> Any:
+    """Build a dataclass from a mapping, ignoring unknown keys and turning lists into tuples."""
+    known = {f.name for f in fields(cls)}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How image bytes become a model input; stored with the model so serving matches training.
+
+    `background="dark"` turns images so their background is dark (ink bright), which makes a
+    model trained on one polarity read the other; `fit="pad"` keeps the aspect ratio by padding
+    with the background colour before resizing.
+    """
+
+    height: int = 28
+    width: int = 28
+    channels: int = 1
+    background: Background = "dark"
+    fit: Fit = "pad"
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise ValueError("channels must be 1 (grayscale) or 3 (RGB)")
+        if not (4 <= self.height <= 1024 and 4 <= self.width <= 1024):
+            raise ValueError("height and width must be between 4 and 1024 pixels")
+        if self.background not in ("dark", "light", "keep"):
+            raise ValueError("background must be 'dark', 'light' or 'keep'")
+        if self.fit not in ("pad", "stretch"):
+            raise ValueError("fit must be 'pad' or 'stretch'")
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.height, self.width, self.channels)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        return _from_mapping(cls, data)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The CNN's shape. The defaults are the seed article's network:
+    Conv2D 32 3x3 relu -> MaxPooling 2x2 -> Flatten -> Dense 64 relu -> Dense softmax."""
+
+    num_classes: int = 10
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    filters: tuple[int, ...] = (32,)
+    kernel_size: int = 3
+    pool_size: int = 2
+    dense_units: int = 64
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 2:
+            raise ValueError("a classifier needs at least 2 classes")
+        if not self.filters or any(f < 1 for f in self.filters):
+            raise ValueError("filters needs one positive count per conv block")
+        if self.dense_units < 1:
+            raise ValueError("dense_units must be positive")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("dropout must be in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["filters"] = list(self.filters)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        values = dict(data)
+        if isinstance(values.get("preprocessing"), dict):
+            values["preprocessing"] = Preprocessing.from_dict(values["preprocessing"])
+        return _from_mapping(cls, values)
