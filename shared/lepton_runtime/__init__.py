@@ -1,0 +1,3 @@
+"""lepton_runtime: what the functions share (settings, errors, events, storage, HTTP protocol, server).
+
+Depends on lepton_model, never the reverse."""

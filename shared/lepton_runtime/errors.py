@@ -1,0 +1,91 @@
+"""Typed errors of the function runtime: one base class; HTTP status decided in `protocol`.
+
+`retryable` separates transient faults (storage down, timeouts: answer 5xx so Knative retries)
+from permanent ones (bad input, object gone: answer a status Knative does not retry, or 2xx with
+a `failed` reply event).
+"""
+
+from __future__ import annotations
+
+
+class LeptonError(Exception):
+    """Base of every error raised by lepton_runtime."""
+
+    code = "error"
+    retryable = False
+
+
+class ConfigurationError(LeptonError):
+    """The environment describes an impossible or unsafe setup (raised at start-up)."""
+
+    code = "configuration_error"
+
+
+class BadRequestError(LeptonError):
+    """The request is malformed (bad JSON, wrong shape, missing field)."""
+
+    code = "bad_request"
+
+
+class PayloadTooLargeError(BadRequestError):
+    code = "payload_too_large"
+
+
+class UnsupportedMediaTypeError(BadRequestError):
+    code = "unsupported_media_type"
+
+
+class NotFoundError(LeptonError):
+    """An HTTP route or a named model that does not exist."""
+
+    code = "not_found"
+
+
+class EventFormatError(BadRequestError):
+    """A body that is no event shape we know."""
+
+    code = "invalid_event"
+
+
+class ForbiddenLocationError(LeptonError):
+    """An event points at a bucket/prefix this function does not serve (or must never read)."""
+
+    code = "forbidden_location"
+
+
+class ModelNotReadyError(LeptonError):
+    """No model is loaded yet (readiness is 503 until one is)."""
+
+    code = "model_not_ready"
+    retryable = True
+
+
+class StorageError(LeptonError):
+    """Base of object-store faults."""
+
+    code = "storage_error"
+
+
+class ObjectNotFoundError(StorageError):
+    """The referenced object (or bucket) does not exist: permanent."""
+
+    code = "object_not_found"
+
+
+class ObjectTooLargeError(StorageError):
+    """The object is bigger than the configured limit: permanent, nothing is downloaded."""
+
+    code = "object_too_large"
+
+
+class AccessDeniedError(StorageError):
+    """The credentials may not read or write the object: permanent until someone fixes IAM."""
+
+    code = "access_denied"
+
+
+class StorageUnavailableError(StorageError):
+    """The store could not be reached or failed (timeouts, 5xx, throttling): transient."""
+
+    code = "storage_unavailable"
+    retryable = True

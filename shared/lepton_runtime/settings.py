@@ -1,0 +1,223 @@
+"""All configuration, read from the environment once (`Settings.from_env`).
+
+S3 endpoint, region and credentials are NOT read here: boto3 finds them itself
+(AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, AWS_REGION / AWS_DEFAULT_REGION, the credential chain).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from lepton_runtime.errors import ConfigurationError
+
+FunctionRole = Literal["infer", "train", "source"]
+
+
+@dataclass(frozen=True)
+class Location:
+    """A bucket and a key prefix ("" = the whole bucket)."""
+
+    bucket: str
+    prefix: str = ""
+
+    def contains(self, bucket: str, key: str) -> bool:
+        return bucket == self.bucket and key.startswith(self.prefix)
+
+    def overlaps(self, other: Location) -> bool:
+        """True when some key could be inside both locations."""
+        return self.bucket == other.bucket and (
+            self.prefix.startswith(other.prefix) or other.prefix.startswith(self.prefix)
+        )
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Client tuning only; endpoint and credentials come from boto3's own configuration."""
+
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    connect_timeout: float = 3.0
+    read_timeout: float = 20.0
+    max_attempts: int = 3
+    endpoint_url: str | None = None  # informational: what boto3 will use, for logs and status
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole configuration of one function process."""
+
+    images: Location = Location("lepton-uploads", "images/")
+    datasets: Location = Location("lepton-uploads", "datasets/")
+    results: Location = Location("lepton-results", "")
+    models: Location = Location("lepton-models", "")
+    model_name: str = "digits"
+    model_version: str = ""  # a pin (canary revisions); empty = follow <model>/latest.json
+    runtime: Literal["auto", "litert", "tensorflow"] = "auto"
+    model_cache_dir: Path = Path("/tmp/lepton-models")
+    model_poll_seconds: float = 30.0
+    top_k: int = 3
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    max_batch_images: int = 64
+    max_dataset_bytes: int = 512 * 1024 * 1024
+    min_accuracy: float = 0.9
+    gate_tolerance: float = 0.02
+    event_source: str = ""
+    port: int = 8080
+    threads: int = 8
+    log_level: str = "INFO"
+    service: str = ""
+    revision: str = ""
+    s3: S3Settings = field(default_factory=S3Settings)
+    # event-source adapter
+    sink: str = ""
+    queue_url: str = ""
+    webhook_port: int = 0
+    webhook_token: str = ""
+    poll_wait_seconds: int = 20
+    sink_timeout: float = 30.0
+
+    @property
+    def trigger_locations(self) -> tuple[Location, ...]:
+        """Where an upload starts work; nothing the functions write may land here."""
+        return (self.images, self.datasets)
+
+    def served(self, role: FunctionRole) -> tuple[Location, ...]:
+        """The locations a function may be asked to read objects from."""
+        if role == "infer":
+            return (self.images,)
+        if role == "train":
+            return (self.datasets,)
+        return self.trigger_locations
+
+    def check(self) -> Settings:
+        """Refuse set-ups where a function's own output would trigger work (recursion)."""
+        for output_name, output in (("results", self.results), ("models", self.models)):
+            for trigger in self.trigger_locations:
+                if output.overlaps(trigger):
+                    raise ConfigurationError(
+                        f"the {output_name} location {output} overlaps the trigger location "
+                        f"{trigger}: every write would start new work. Use another bucket or "
+                        "prefix."
+                    )
+        if self.results.overlaps(self.models):
+            raise ConfigurationError(f"results {self.results} and models {self.models} overlap")
+        if not self.model_name or "/" in self.model_name:
+            raise ConfigurationError("LEPTON_MODEL_NAME must be a non-empty name without '/'")
+        return self
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every LEPTON_* variable (and PORT, K_SINK, K_SERVICE, K_REVISION) once."""
+        env = os.environ if environ is None else environ
+        reader = _Reader(env)
+        uploads = reader.str("LEPTON_UPLOADS_BUCKET", "lepton-uploads")
+        settings = cls(
+            images=Location(uploads, reader.prefix("LEPTON_IMAGES_PREFIX", "images/")),
+            datasets=Location(uploads, reader.prefix("LEPTON_DATASETS_PREFIX", "datasets/")),
+            results=Location(
+                reader.str("LEPTON_RESULTS_BUCKET", "lepton-results"),
+                reader.prefix("LEPTON_RESULTS_PREFIX", ""),
+            ),
+            models=Location(
+                reader.str("LEPTON_MODELS_BUCKET", "lepton-models"),
+                reader.prefix("LEPTON_MODELS_PREFIX", ""),
+            ),
+            model_name=reader.str("LEPTON_MODEL_NAME", "digits"),
+            model_version=reader.str("LEPTON_MODEL_VERSION", ""),
+            runtime=reader.choice("LEPTON_RUNTIME", "auto", ("auto", "litert", "tensorflow")),
+            model_cache_dir=Path(reader.str("LEPTON_MODEL_CACHE_DIR", "/tmp/lepton-models")),
+            model_poll_seconds=reader.float("LEPTON_MODEL_POLL_SECONDS", 30.0, minimum=0.0),
+            top_k=reader.int("LEPTON_TOP_K", 3, minimum=1),
+            max_body_bytes=reader.int("LEPTON_MAX_BODY_BYTES", 32 * 1024 * 1024, minimum=1),
+            max_image_bytes=reader.int("LEPTON_MAX_IMAGE_BYTES", 20 * 1024 * 1024, minimum=1),
+            max_image_pixels=reader.int("LEPTON_MAX_IMAGE_PIXELS", 40_000_000, minimum=1),
+            max_batch_images=reader.int("LEPTON_MAX_BATCH_IMAGES", 64, minimum=1),
+            max_dataset_bytes=reader.int(
+                "LEPTON_MAX_DATASET_BYTES", 512 * 1024 * 1024, minimum=1
+            ),
+            min_accuracy=reader.float("LEPTON_MIN_ACCURACY", 0.9, minimum=0.0, maximum=1.0),
+            gate_tolerance=reader.float("LEPTON_GATE_TOLERANCE", 0.02, minimum=0.0, maximum=1.0),
+            event_source=reader.str("LEPTON_EVENT_SOURCE", ""),
+            port=reader.int("PORT", 8080, minimum=1, maximum=65535),
+            threads=reader.int("LEPTON_THREADS", 8, minimum=1),
+            log_level=reader.str("LEPTON_LOG_LEVEL", "INFO").upper(),
+            service=reader.str("K_SERVICE", ""),
+            revision=reader.str("K_REVISION", ""),
+            s3=S3Settings(
+                addressing_style=reader.choice(
+                    "LEPTON_S3_ADDRESSING_STYLE", "auto", ("auto", "path", "virtual")
+                ),
+                connect_timeout=reader.float("LEPTON_S3_CONNECT_TIMEOUT", 3.0, minimum=0.1),
+                read_timeout=reader.float("LEPTON_S3_READ_TIMEOUT", 20.0, minimum=0.1),
+                max_attempts=reader.int("LEPTON_S3_MAX_ATTEMPTS", 3, minimum=1),
+                endpoint_url=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"),
+            ),
+            sink=reader.str("K_SINK", ""),
+            queue_url=reader.str("LEPTON_SQS_QUEUE_URL", ""),
+            webhook_port=reader.int("LEPTON_WEBHOOK_PORT", 0, minimum=0, maximum=65535),
+            webhook_token=reader.str("LEPTON_WEBHOOK_TOKEN", ""),
+            poll_wait_seconds=reader.int("LEPTON_SQS_WAIT_SECONDS", 20, minimum=0, maximum=20),
+            sink_timeout=reader.float("LEPTON_SINK_TIMEOUT", 30.0, minimum=0.1),
+        )
+        return settings.check()
+
+
+class _Reader:
+    """Typed access to environment variables with errors that name the variable."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def str(self, name: str, default: str) -> str:
+        value = self._env.get(name)
+        return default if value is None or value.strip() == "" else value.strip()
+
+    def prefix(self, name: str, default: str) -> str:
+        value = self._env.get(name)
+        value = default if value is None else value.strip().lstrip("/")
+        return value if not value or value.endswith("/") else value + "/"
+
+    def int(
+        self, name: str, default: int, minimum: int | None = None, maximum: int | None = None
+    ) -> int:
+        raw = self.str(name, "")
+        try:
+            value = int(raw) if raw else default
+        except ValueError as exc:
+            raise ConfigurationError(f"{name}={raw!r} is not an integer") from exc
+        return self._bounded(name, value, minimum, maximum)
+
+    def float(
+        self, name: str, default: float, minimum: float | None = None, maximum: float | None = None
+    ) -> float:
+        raw = self.str(name, "")
+        try:
+            value = float(raw) if raw else default
+        except ValueError as exc:
+            raise ConfigurationError(f"{name}={raw!r} is not a number") from exc
+        return self._bounded(name, value, minimum, maximum)
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...]):  # type: ignore[no-untyped-def]
+        value = self.str(name, default).lower()
+        if value not in allowed:
+            raise ConfigurationError(f"{name}={value!r}; expected one of {', '.join(allowed)}")
+        return value
+
+    @staticmethod
+    def _bounded(name, value, minimum, maximum):  # type: ignore[no-untyped-def]
+        if minimum is not None and value < minimum:
+            raise ConfigurationError(f"{name}={value} is below the minimum {minimum}")
+        if maximum is not None and value > maximum:
+            raise ConfigurationError(f"{name}={value} is above the maximum {maximum}")
+        return value
