@@ -1,0 +1,379 @@
+"""Object storage over boto3: bounded reads, JSON and file puts, listing, pointer-last publishing.
+
+The client is configured the standard way: endpoint, region and credentials come from boto3's
+own resolution (AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, AWS_REGION / AWS_DEFAULT_REGION, the
+credential chain, ~/.aws/config); only retries, timeouts and addressing style come from
+Settings. botocore errors leave this module as the typed errors of `lepton_runtime.errors`:
+missing -> ObjectNotFoundError, forbidden -> AccessDeniedError, unreachable / timeouts / 5xx /
+throttling (after botocore's own retries) -> StorageUnavailableError (retryable).
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    IncompleteReadError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+from lepton_runtime.errors import (
+    AccessDeniedError,
+    ObjectNotFoundError,
+    ObjectTooLargeError,
+    StorageError,
+    StorageUnavailableError,
+)
+from lepton_runtime.events import normalise_etag
+from lepton_runtime.settings import Location, S3Settings, Settings
+
+OCTET_STREAM = "application/octet-stream"
+JSON = "application/json"
+
+_NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "NotFound", "404", "NoSuchVersion"}
+_DENIED = {
+    "AccessDenied",
+    "403",
+    "Forbidden",
+    "AllAccessDisabled",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "AccountProblem",
+}
+_TRANSIENT = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "InternalError",
+    "ServiceUnavailable",
+    "503",
+    "500",
+    "XMinioServerNotInitialized",
+}
+_PRECONDITION = {"PreconditionFailed", "ConditionalRequestConflict", "412"}
+_AWS_HOST_SUFFIXES = (".amazonaws.com", ".amazonaws.com.cn")
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What S3 says about an object without its body (HEAD, listings)."""
+
+    bucket: str
+    key: str
+    size: int
+    etag: str | None = None
+    content_type: str | None = None
+    version_id: str | None = None
+    last_modified: datetime | None = None
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """A whole object read into memory (always under a size limit)."""
+
+    data: bytes
+    etag: str | None
+    size: int
+    content_type: str | None
+    version_id: str | None
+    last_modified: datetime | None
+
+
+def client_config(s3: S3Settings, *, addressing_style: str | None = None) -> Config:
+    """botocore Config: standard retry mode, the configured timeouts and addressing style."""
+    options: dict[str, Any] = {
+        "retries": {"mode": "standard", "max_attempts": s3.max_attempts},
+        "connect_timeout": s3.connect_timeout,
+        "read_timeout": s3.read_timeout,
+    }
+    if addressing_style is not None:
+        options["s3"] = {"addressing_style": addressing_style}
+    return Config(**options)
+
+
+def make_s3_client(settings: Settings) -> Any:
+    """An S3 client; path-style when the style is "auto" and the endpoint is not AWS (MinIO).
+
+    Virtual-host addressing against a custom endpoint asks for `<bucket>.minio:9000`, which no
+    in-cluster DNS resolves; path style is what every S3-compatible store speaks.
+    """
+    style = settings.s3.addressing_style
+    if style != "auto":
+        return boto3.client("s3", config=client_config(settings.s3, addressing_style=style))
+    client = boto3.client("s3", config=client_config(settings.s3))
+    if _is_aws_endpoint(client.meta.endpoint_url):
+        return client
+    return boto3.client("s3", config=client_config(settings.s3, addressing_style="path"))
+
+
+def make_sqs_client(settings: Settings) -> Any:
+    """An SQS client for the event-source adapter; its read timeout outlasts a long poll."""
+    s3 = settings.s3
+    config = Config(
+        retries={"mode": "standard", "max_attempts": s3.max_attempts},
+        connect_timeout=s3.connect_timeout,
+        read_timeout=max(s3.read_timeout, settings.poll_wait_seconds + 10.0),
+    )
+    return boto3.client("sqs", config=config)
+
+
+class Storage:
+    """Typed, bounded access to S3 objects through one boto3 client (thread-safe)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Storage:
+        return cls(make_s3_client(settings))
+
+    @property
+    def endpoint_url(self) -> str:
+        return str(self.client.meta.endpoint_url)
+
+    def get_bytes(
+        self, bucket: str, key: str, max_bytes: int, *, version_id: str | None = None
+    ) -> StoredObject:
+        """Read a whole object of at most `max_bytes`.
+
+        One GET: its Content-Length is checked before the body is read, and a too large object
+        is refused by closing the stream, so its body is never downloaded.
+        """
+        extra = {"VersionId": version_id} if version_id else {}
+        with _mapped(bucket, key, "read"):
+            response = self.client.get_object(Bucket=bucket, Key=key, **extra)
+            body = response["Body"]
+            try:
+                length = response.get("ContentLength")
+                if length is not None and length > max_bytes:
+                    raise _too_large(bucket, key, length, max_bytes)
+                # Without a length (chunked answers) read one byte past the limit to notice.
+                data = body.read(max_bytes + 1)
+                if len(data) > max_bytes:
+                    raise _too_large(bucket, key, None, max_bytes)
+            finally:
+                body.close()
+        return StoredObject(
+            data=data,
+            etag=normalise_etag(response.get("ETag")),
+            size=len(data),
+            content_type=response.get("ContentType"),
+            version_id=response.get("VersionId"),
+            last_modified=response.get("LastModified"),
+        )
+
+    def get_json(
+        self, bucket: str, key: str, max_bytes: int = 1024 * 1024, *, missing_ok: bool = False
+    ) -> Any:
+        """Read and decode a JSON object of at most `max_bytes` (None if missing and allowed)."""
+        try:
+            stored = self.get_bytes(bucket, key, max_bytes)
+        except ObjectNotFoundError:
+            if missing_ok:
+                return None
+            raise
+        try:
+            return json.loads(stored.data)
+        except ValueError as exc:
+            raise StorageError(f"s3://{bucket}/{key} is not valid JSON: {exc}") from exc
+
+    def head(self, bucket: str, key: str) -> ObjectInfo:
+        with _mapped(bucket, key, "inspect"):
+            response = self.client.head_object(Bucket=bucket, Key=key)
+        return ObjectInfo(
+            bucket=bucket,
+            key=key,
+            size=int(response.get("ContentLength", 0)),
+            etag=normalise_etag(response.get("ETag")),
+            content_type=response.get("ContentType"),
+            version_id=response.get("VersionId"),
+            last_modified=response.get("LastModified"),
+        )
+
+    def exists(self, bucket: str, key: str) -> bool:
+        try:
+            self.head(bucket, key)
+        except ObjectNotFoundError:
+            return False
+        return True
+
+    def put_bytes(
+        self,
+        bucket: str,
+        key: str,
+        data: bytes,
+        content_type: str = OCTET_STREAM,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        if_absent: bool = False,
+    ) -> str | None:
+        """Write an object; return its ETag.
+
+        With `if_absent` the write is conditional (If-None-Match: *) and None is returned when
+        the object already exists: a redelivered event then cannot overwrite a result.
+        """
+        return self._put(bucket, key, data, content_type, metadata, if_absent)
+
+    def put_json(
+        self,
+        bucket: str,
+        key: str,
+        value: Any,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        if_absent: bool = False,
+    ) -> str | None:
+        """Write `value` as UTF-8 JSON; return its ETag (None: `if_absent` and it existed)."""
+        data = json.dumps(value, ensure_ascii=False, sort_keys=True).encode()
+        return self._put(bucket, key, data, JSON, metadata, if_absent)
+
+    def put_file(
+        self, bucket: str, key: str, path: Path, content_type: str | None = None
+    ) -> str | None:
+        """Upload a local file in one PUT (model artifacts are far below the 5 GB PUT limit)."""
+        with path.open("rb") as stream:
+            return self._put(bucket, key, stream, content_type or guess_type(path.name), None)
+
+    def list_objects(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object under `prefix`, in key order, page by page."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        with _mapped(bucket, prefix, "list"):
+            for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+                for item in page.get("Contents", ()):
+                    yield ObjectInfo(
+                        bucket=bucket,
+                        key=item["Key"],
+                        size=int(item.get("Size", 0)),
+                        etag=normalise_etag(item.get("ETag")),
+                        last_modified=item.get("LastModified"),
+                    )
+
+    def delete(self, bucket: str, key: str) -> None:
+        with _mapped(bucket, key, "delete"):
+            self.client.delete_object(Bucket=bucket, Key=key)
+
+    def publish(
+        self,
+        location: Location | str,
+        prefix: str,
+        files: Mapping[str, bytes | Path],
+        pointer_key: str | None,
+        pointer_body: bytes | Mapping[str, Any] | None,
+    ) -> tuple[str, ...]:
+        """Upload `files` under `location`/`prefix`, then write the pointer object LAST.
+
+        The pointer (e.g. `<model>/latest.json`) is what makes a version live, so it is written
+        only after every file upload succeeded; any failure raises before it is touched. A plain
+        bucket name means a location without prefix; `pointer_key=None` stores the files only.
+        Returns the keys written, pointer last.
+        """
+        if isinstance(location, str):
+            location = Location(location)
+        base = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        written: list[str] = []
+        for name, content in files.items():
+            key = location.key(base + name)
+            if isinstance(content, Path):
+                self.put_file(location.bucket, key, content)
+            else:
+                self.put_bytes(location.bucket, key, content, guess_type(name))
+            written.append(key)
+        if pointer_key is None:
+            return tuple(written)
+        pointer = location.key(pointer_key)
+        if isinstance(pointer_body, bytes):
+            self.put_bytes(location.bucket, pointer, pointer_body, guess_type(pointer_key))
+        else:
+            self.put_json(location.bucket, pointer, dict(pointer_body or {}))
+        written.append(pointer)
+        return tuple(written)
+
+    def _put(
+        self,
+        bucket: str,
+        key: str,
+        body: Any,
+        content_type: str,
+        metadata: Mapping[str, str] | None,
+        if_absent: bool = False,
+    ) -> str | None:
+        extra: dict[str, Any] = {}
+        if metadata:
+            extra["Metadata"] = dict(metadata)
+        if if_absent:
+            extra["IfNoneMatch"] = "*"
+        try:
+            with _mapped(bucket, key, "write"):
+                response = self.client.put_object(
+                    Bucket=bucket, Key=key, Body=body, ContentType=content_type, **extra
+                )
+        except _PreconditionFailed:
+            return None
+        return normalise_etag(response.get("ETag"))
+
+
+def guess_type(name: str) -> str:
+    """Content type from a file name (`.json` -> application/json), octet-stream otherwise."""
+    return mimetypes.guess_type(name)[0] or OCTET_STREAM
+
+
+class _PreconditionFailed(StorageError):
+    """Internal: a conditional write found the object already there."""
+
+
+@contextmanager
+def _mapped(bucket: str, key: str, action: str) -> Iterator[None]:
+    """Translate botocore exceptions raised inside the block into typed storage errors."""
+    where = f"s3://{bucket}/{key}"
+    try:
+        yield
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        message = f"cannot {action} {where}: {code or status} {error.get('Message', '')}".strip()
+        if code in _PRECONDITION or status == 412:
+            raise _PreconditionFailed(message) from exc
+        if code in _NOT_FOUND or status == 404:
+            raise ObjectNotFoundError(message) from exc
+        if code in _DENIED or status == 403:
+            raise AccessDeniedError(message) from exc
+        if code in _TRANSIENT or status >= 500 or status == 429:
+            raise StorageUnavailableError(message) from exc
+        raise StorageError(message) from exc
+    except (NoCredentialsError, PartialCredentialsError) as exc:
+        raise AccessDeniedError(f"cannot {action} {where}: {exc}") from exc
+    except (BotoConnectionError, HTTPClientError, IncompleteReadError) as exc:
+        # Connection refused, DNS, connect/read timeouts, connections closed mid-answer.
+        raise StorageUnavailableError(f"cannot {action} {where}: {exc}") from exc
+    except BotoCoreError as exc:
+        raise StorageError(f"cannot {action} {where}: {exc}") from exc
+
+
+def _too_large(bucket: str, key: str, size: int | None, limit: int) -> ObjectTooLargeError:
+    size_text = f"{size} bytes" if size is not None else "more than that"
+    return ObjectTooLargeError(f"s3://{bucket}/{key} is {size_text}; the limit is {limit} bytes")
+
+
+def _is_aws_endpoint(url: str | None) -> bool:
+    host = urlsplit(url or "").hostname or ""
+    return host.endswith(_AWS_HOST_SUFFIXES)
