@@ -89,3 +89,10 @@ class StorageUnavailableError(StorageError):
 
     code = "storage_unavailable"
     retryable = True
+
+
+class TrainingBusyError(LeptonError):
+    """This instance is already training (concurrency 1): retry later (429, retried)."""
+
+    code = "training_busy"
+    retryable = True

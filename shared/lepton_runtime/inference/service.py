@@ -1,0 +1,360 @@
+"""The inference data plane: decode -> infer -> encode, behind parliament's `main(context)`.
+
+`InferenceService.handle(context)` serves every route of the inference function: image bodies,
+multipart forms, TF-Serving JSON, the V1 model routes and inbound object events. It never lets an
+exception escape: every error becomes the JSON error body and status from `protocol`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flask import Request, Response
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from lepton_model.classifier import Classifier
+from lepton_model.errors import ImageError, LeptonModelError
+from lepton_model.imaging import ImageLimits
+from lepton_runtime import codecs
+from lepton_runtime.emit import (
+    INFERENCE_COMPLETED,
+    INFERENCE_FAILED,
+    MODEL_PUBLISHED,
+    reply_event,
+)
+from lepton_runtime.errors import (
+    BadRequestError,
+    LeptonError,
+    NotFoundError,
+    PayloadTooLargeError,
+    StorageError,
+    UnsupportedMediaTypeError,
+)
+from lepton_runtime.events import InboundEvent, ObjectRef, authorize, looks_like_event, parse_cloudevent, parse_json
+from lepton_runtime.inference.registry import ModelRegistry
+from lepton_runtime.metrics import FunctionMetrics
+from lepton_runtime.protocol import (
+    error_body,
+    error_response,
+    event_response,
+    is_retryable,
+    json_response,
+)
+from lepton_runtime.settings import Settings
+from lepton_runtime.storage import Storage
+
+log = logging.getLogger("lepton.infer")
+
+_V1_PREFIX = "/v1/models/"
+_MAX_RESULT_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ObjectOutcome:
+    """What happened to one referenced object: a result body, or a failure, and where."""
+
+    ref: ObjectRef
+    result: dict[str, Any] | None
+    result_key: str | None
+    error: dict[str, Any] | None = None
+    duplicate: bool = False
+
+
+class InferenceService:
+    """Wires settings, storage and the model registry to the HTTP/event surface."""
+
+    role = "infer"
+
+    def __init__(
+        self,
+        settings: Settings,
+        storage: Storage,
+        registry: ModelRegistry | None = None,
+        metrics: FunctionMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.metrics = metrics or FunctionMetrics("infer")
+        self.registry = registry or ModelRegistry(settings, storage, self.metrics)
+        self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
+        self.event_source = settings.event_source or f"/lepton/{settings.service or 'infer'}"
+
+    @classmethod
+    def from_env(cls) -> InferenceService:
+        settings = Settings.from_env()
+        return cls(settings, Storage.from_settings(settings))
+
+    # lifecycle hooks used by lepton_runtime.server
+    def start(self) -> None:
+        self.registry.start()
+
+    def stop(self) -> None:
+        self.registry.stop()
+
+    def ready(self) -> bool:
+        return self.registry.current is not None
+
+    def handle(self, context: Any) -> Response:
+        """parliament's `main(context)`: route, run, and always answer with JSON or an event."""
+        started = time.perf_counter()
+        request: Request = context.request
+        kind = "other"
+        try:
+            if request.path.startswith(_V1_PREFIX):
+                kind = "tfserving"
+                response = self._v1(request)
+            elif request.method != "POST":
+                response = self._describe()
+            elif getattr(context, "cloud_event", None) is not None:
+                kind = "event"
+                response = self._event(parse_cloudevent(context.cloud_event))
+            else:
+                kind, response = self._post(request)
+        except Exception as exc:  # the one place errors become responses
+            if not isinstance(exc, (LeptonError, LeptonModelError)):
+                log.exception("unexpected error", extra={"path": request.path})
+            response = error_response(exc)
+        self.metrics.request(kind, response.status_code, time.perf_counter() - started)
+        return response
+
+    # --- routes -------------------------------------------------------------------------------
+
+    def _post(self, request: Request) -> tuple[str, Response]:
+        mtype = codecs.media_type(request.content_type)
+        if mtype == "multipart/form-data":
+            return "multipart", self._answer_images(self._multipart(request))
+        body = self._body(request)
+        if mtype.startswith("image/") or mtype == "application/octet-stream":
+            return "image", self._answer_images([("body", body)])
+        if codecs.is_json_type(mtype) or (not mtype and body.lstrip()[:1] in (b"{", b"[")):
+            payload = self._json(body)
+            if looks_like_event(payload):
+                return "event", self._event(parse_json(payload))
+            return "tfserving", self._tfserving(payload)
+        if mtype in ("", "application/x-www-form-urlencoded") and codecs.looks_like_image(body):
+            return "image", self._answer_images([("body", body)])  # curl --data-binary @x.png
+        if not body:
+            raise BadRequestError("the request body is empty; send an image or JSON")
+        raise UnsupportedMediaTypeError(
+            f"unsupported content type {mtype or '(none)'!r}; send image/*, "
+            "multipart/form-data, application/json or a CloudEvent"
+        )
+
+    def _v1(self, request: Request) -> Response:
+        """TF-Serving / KServe V1: GET /v1/models/<name>, POST /v1/models/<name>:predict."""
+        rest = request.path[len(_V1_PREFIX):]
+        name, _, verb = rest.partition(":")
+        if name != self.settings.model_name:
+            raise NotFoundError(f"model {name!r} is not served here; try {self.settings.model_name!r}")
+        if request.method == "GET" and not verb:
+            return self._model_status()
+        if request.method == "POST" and verb == "predict":
+            return self._tfserving(self._json(self._body(request)))
+        raise NotFoundError(f"no route {request.method} {request.path}")
+
+    def _describe(self) -> Response:
+        classifier = self.registry.current
+        return json_response(
+            {
+                "function": "infer",
+                "model": codecs.model_info(classifier.name, classifier.version)
+                if classifier
+                else None,
+                "usage": "POST an image, a multipart form, TF-Serving JSON or an S3 event to /",
+            }
+        )
+
+    def _model_status(self) -> Response:
+        classifier = self.registry.current
+        ready = classifier is not None
+        version = classifier.version if classifier else ""
+        return json_response(
+            {
+                "name": self.settings.model_name,
+                "ready": ready,
+                "model_version_status": [
+                    {
+                        "version": version,
+                        "state": "AVAILABLE" if ready else "LOADING",
+                        "status": {"error_code": "OK" if ready else "UNAVAILABLE",
+                                   "error_message": "" if ready else self.registry.last_error},
+                    }
+                ],
+                "labels": list(classifier.metadata.labels) if classifier else [],
+                "input_shape": list(classifier.input_shape) if classifier else [],
+            },
+            200 if ready else 503,
+        )
+
+    # --- request bodies -----------------------------------------------------------------------
+
+    def _body(self, request: Request) -> bytes:
+        try:
+            return request.get_data(cache=True)
+        except RequestEntityTooLarge as exc:
+            raise PayloadTooLargeError(
+                f"the body is larger than {self.settings.max_body_bytes} bytes"
+            ) from exc
+
+    def _multipart(self, request: Request) -> list[tuple[str, bytes]]:
+        try:
+            files = [
+                (storage.filename or field, storage.read())
+                for field, storage in request.files.items(multi=True)
+            ]
+        except RequestEntityTooLarge as exc:
+            raise PayloadTooLargeError(
+                f"the body is larger than {self.settings.max_body_bytes} bytes"
+            ) from exc
+        if not files:
+            raise BadRequestError("the multipart form holds no files")
+        return files
+
+    @staticmethod
+    def _json(body: bytes) -> Any:
+        if not body.strip():
+            raise BadRequestError("the JSON body is empty")
+        try:
+            return json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequestError(f"the body is not valid JSON ({exc})") from exc
+
+    # --- inference ----------------------------------------------------------------------------
+
+    def _classify(self, classifier: Classifier, images: list[tuple[str, bytes]]) -> list:
+        codecs.check_batch(len(images), self.settings.max_batch_images)
+        arrays = []
+        for name, data in images:
+            try:
+                arrays.append(classifier.decode(data, self.limits))
+            except ImageError as exc:
+                if len(images) > 1:
+                    raise type(exc)(f"{name}: {exc}") from exc
+                raise
+        self.metrics.batch(len(arrays))
+        return classifier.classify(np.stack(arrays))
+
+    def _answer_images(self, images: list[tuple[str, bytes]]) -> Response:
+        classifier = self.registry.require()
+        predictions = self._classify(classifier, images)
+        return json_response(codecs.image_answer(classifier.name, classifier.version, predictions))
+
+    def _tfserving(self, payload: Any) -> Response:
+        classifier = self.registry.require()
+        parsed = codecs.parse_tfserving(
+            payload, classifier.input_shape, self.settings.max_batch_images
+        )
+        if isinstance(parsed, codecs.TensorInput):
+            batch = parsed.array
+        else:
+            batch = np.stack([classifier.decode(data, self.limits) for _, data in parsed.images])
+        self.metrics.batch(len(batch))
+        return json_response(codecs.tfserving_answer(classifier.probabilities(batch)))
+
+    # --- events -------------------------------------------------------------------------------
+
+    def _event(self, event: InboundEvent) -> Response:
+        if event.event_type == MODEL_PUBLISHED:
+            return self._model_published(event)
+        if not event.refs:
+            self.metrics.object_event("ignored", max(1, len(event.ignored)))
+            return Response(status=202)  # acknowledged; no reply event
+        for ref in event.refs:  # a crafted event is refused whole, before any read
+            authorize(ref, self.settings, self.role)
+        classifier = self.registry.require()
+        outcomes = [self._process(classifier, ref) for ref in event.refs]
+        return self._reply(event, classifier, outcomes)
+
+    def _model_published(self, event: InboundEvent) -> Response:
+        data = event.data if isinstance(event.data, dict) else {}
+        if data.get("name") == self.settings.model_name and data.get("promoted", True):
+            self.registry.refresh()
+        return Response(status=202)
+
+    def _process(self, classifier: Classifier, ref: ObjectRef) -> ObjectOutcome:
+        """Classify one object and write its result, once: a redelivery gets the first result."""
+        result_key = self.settings.results.key(f"{ref.key}.json")
+        bucket = self.settings.results.bucket
+        existing = self.storage.get_json(bucket, result_key, _MAX_RESULT_BYTES, missing_ok=True)
+        if _same_source(existing, ref.etag):
+            self.metrics.object_event("duplicate")
+            return _outcome_from_existing(ref, existing, result_key)
+        try:
+            obj = self.storage.get_bytes(ref.bucket, ref.key, self.settings.max_image_bytes)
+        except StorageError as exc:
+            if is_retryable(exc):
+                raise
+            self.metrics.object_event("failed")
+            return ObjectOutcome(ref, None, None, error_body(exc)["error"])
+        if ref.etag is None and _same_source(existing, obj.etag):
+            self.metrics.object_event("duplicate")
+            return _outcome_from_existing(ref, existing, result_key)
+        source = {
+            "bucket": ref.bucket,
+            "key": ref.key,
+            "etag": obj.etag,
+            "size": obj.size,
+            "version_id": obj.version_id or ref.version_id,
+            "event_time": ref.event_time,
+        }
+        model = codecs.model_info(classifier.name, classifier.version)
+        try:
+            predictions = self._classify(classifier, [(ref.key, obj.data)])
+        except (ImageError, LeptonError) as exc:
+            body = {"model": model, "error": error_body(exc)["error"], "source": source}
+            self.storage.put_json(bucket, result_key, body)
+            self.metrics.object_event("failed")
+            return ObjectOutcome(ref, body, result_key, body["error"])
+        body = {"model": model, "predictions": [p.to_dict() for p in predictions], "source": source}
+        self.storage.put_json(bucket, result_key, body)
+        self.metrics.object_event("completed")
+        return ObjectOutcome(ref, body, result_key)
+
+    def _reply(
+        self, event: InboundEvent, classifier: Classifier, outcomes: list[ObjectOutcome]
+    ) -> Response:
+        bucket = self.settings.results.bucket
+        entries = []
+        for outcome in outcomes:
+            entry = dict(outcome.result or {"source": {"bucket": outcome.ref.bucket,
+                                                       "key": outcome.ref.key}})
+            if outcome.error and "error" not in entry:
+                entry["error"] = outcome.error
+            if outcome.result_key:
+                entry["result"] = {"bucket": bucket, "key": outcome.result_key}
+            entry["duplicate"] = outcome.duplicate
+            entries.append(entry)
+        failed = [e for e in entries if "error" in e]
+        data: dict[str, Any] = dict(entries[0]) if len(entries) == 1 else {
+            "model": codecs.model_info(classifier.name, classifier.version),
+            "predictions": [p for e in entries for p in e.get("predictions", [])],
+        }
+        data["results"] = entries
+        event_type = INFERENCE_FAILED if len(failed) == len(entries) else INFERENCE_COMPLETED
+        subject = outcomes[0].ref.key if len(outcomes) == 1 else None
+        # The same input gets the same reply id, so a redelivery's reply deduplicates downstream.
+        reply_id = hashlib.sha256(
+            "\n".join([event_type, *(o.ref.dedup_id for o in outcomes)]).encode()
+        ).hexdigest()[:32]
+        reply = reply_event(event_type, self.event_source, data, subject, event_id=reply_id)
+        return event_response(reply)
+
+
+def _same_source(existing: Any, etag: str | None) -> bool:
+    if not isinstance(existing, dict) or not etag:
+        return False
+    source = existing.get("source")
+    return isinstance(source, dict) and source.get("etag") == etag
+
+
+def _outcome_from_existing(ref: ObjectRef, existing: dict[str, Any], key: str) -> ObjectOutcome:
+    return ObjectOutcome(ref, existing, key, existing.get("error"), duplicate=True)
+
+
+__all__ = ["InferenceService", "ObjectOutcome"]

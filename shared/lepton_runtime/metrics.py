@@ -1,0 +1,76 @@
+"""Prometheus metrics of a function process (prometheus-client, served at /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+class FunctionMetrics:
+    """The metric families of one function, on a registry of its own."""
+
+    def __init__(self, function: str) -> None:
+        self.function = function
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._requests = Counter(
+            "lepton_requests",
+            "Requests handled, by kind of input and outcome (HTTP status class).",
+            ("function", "kind", "outcome"),
+            registry=self.registry,
+        )
+        self._latency = Histogram(
+            "lepton_request_duration_seconds",
+            "Time to handle a request, by kind of input.",
+            ("function", "kind"),
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._batch = Histogram(
+            "lepton_batch_size",
+            "Images per model invocation.",
+            ("function",),
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        ).labels(function)
+        self._model = Gauge(
+            "lepton_model_info",
+            "The model version being served (value 1 for the live one).",
+            ("function", "name", "version", "runtime"),
+            registry=self.registry,
+        )
+        self._loads = Counter(
+            "lepton_model_loads",
+            "Model loads, by outcome.",
+            ("function", "outcome"),
+            registry=self.registry,
+        )
+        self._events = Counter(
+            "lepton_object_events",
+            "Objects referenced by inbound events, by outcome.",
+            ("function", "outcome"),
+            registry=self.registry,
+        )
+
+    def request(self, kind: str, status: int, seconds: float) -> None:
+        self._requests.labels(self.function, kind, f"{status // 100}xx").inc()
+        self._latency.labels(self.function, kind).observe(seconds)
+
+    def batch(self, size: int) -> None:
+        self._batch.observe(size)
+
+    def model_loaded(self, name: str, version: str, runtime: str) -> None:
+        self._model.clear()
+        self._model.labels(self.function, name, version, runtime).set(1)
+        self._loads.labels(self.function, "ok").inc()
+
+    def model_load_failed(self) -> None:
+        self._loads.labels(self.function, "error").inc()
+
+    def object_event(self, outcome: str, count: int = 1) -> None:
+        self._events.labels(self.function, outcome).inc(count)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

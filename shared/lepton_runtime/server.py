@@ -1,0 +1,153 @@
+"""Serve a function directory over HTTP: parliament's app, waitress on $PORT, honest health.
+
+`python -m parliament DIR` hard-codes port 8080, answers readiness OK before anything is loaded
+and exits on SIGTERM without draining. This builds the same app from
+`parliament.server.create(parliament.server.load(dir))` and adds what a Knative Service needs:
+$PORT, readiness that is 503 until the function says it is ready, /metrics, the V1 model routes
+(handed to the same `main(context)`), a body-size limit, and a SIGTERM drain.
+"""
+
+from __future__ import annotations
+
+import _thread
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+import parliament.server
+from flask import Flask, Response, request
+from parliament.invocation import Context
+
+from lepton_runtime.protocol import json_response
+from lepton_runtime.settings import Settings
+
+log = logging.getLogger("lepton.server")
+
+
+class FunctionService(Protocol):
+    """What a func.py may expose as `service` for the server's lifecycle hooks."""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def ready(self) -> bool: ...
+
+
+class _DropNoCloudEventWarning(logging.Filter):
+    """parliament logs a warning for every POST that is not a CloudEvent: plain image POSTs
+    are normal here, and the log line per request costs throughput."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "No CloudEvent available"
+
+
+def build_app(func: Any, settings: Settings) -> Flask:
+    """parliament's Flask app for `func`, plus readiness, metrics and V1 routes."""
+    app = parliament.server.create(func)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.logger.addFilter(_DropNoCloudEventWarning())
+    service: FunctionService | None = getattr(func, "service", None)
+    draining = threading.Event()
+    app.extensions["lepton.draining"] = draining
+
+    def readiness() -> Response:
+        ready = service is None or service.ready()
+        if draining.is_set():
+            return json_response({"status": "draining"}, 503)
+        return json_response({"status": "ready" if ready else "loading"}, 200 if ready else 503)
+
+    app.view_functions["readiness"] = readiness
+
+    metrics = getattr(service, "metrics", None)
+    if metrics is not None:
+
+        @app.route("/metrics", methods=["GET"])
+        def metrics_route() -> Response:
+            body, content_type = metrics.render()
+            return Response(body, mimetype=content_type.split(";")[0], content_type=content_type)
+
+    def invoke_main() -> Any:
+        return parliament.server.invoke(func, Context(request))
+
+    app.add_url_rule("/v1/models/<path:target>", "v1_models", lambda target: invoke_main(),
+                     methods=["GET", "POST"])
+    return app
+
+
+class _InFlight:
+    """WSGI middleware counting requests being handled, so a drain knows when it is done."""
+
+    def __init__(self, app: Callable) -> None:
+        self.app = app
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        with self._lock:
+            self.count += 1
+        try:
+            return self.app(environ, start_response)
+        finally:
+            with self._lock:
+                self.count -= 1
+
+
+def load_function(function_dir: Path) -> Any:
+    """Import a function directory's func.py the way parliament does."""
+    return parliament.server.load(str(function_dir))
+
+
+def serve(function_dir: Path, settings: Settings, grace_seconds: float = 30.0) -> None:
+    """Run the function until SIGTERM/SIGINT, then drain in-flight requests and return."""
+    import waitress
+
+    func = load_function(function_dir)
+    app = build_app(func, settings)
+    wsgi = _InFlight(app)
+    server = waitress.create_server(
+        wsgi,
+        host="0.0.0.0",
+        port=settings.port,
+        threads=settings.threads,
+        max_request_body_size=settings.max_body_bytes + 1024 * 1024,
+        channel_timeout=120,
+        connection_limit=1000,
+        backlog=2048,
+        ident="lepton",
+        clear_untrusted_proxy_headers=False,
+    )
+    service: FunctionService | None = getattr(func, "service", None)
+    draining: threading.Event = app.extensions["lepton.draining"]
+
+    def drain() -> None:
+        deadline = time.monotonic() + grace_seconds
+        while wsgi.count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.1)  # let the event loop flush the last responses
+        _thread.interrupt_main()  # waitress' run() stops its loop on KeyboardInterrupt
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if draining.is_set():
+            return
+        log.info("stopping: draining in-flight requests", extra={"signal": signum,
+                                                                  "in_flight": wsgi.count})
+        draining.set()
+        server.accepting = False  # type: ignore[attr-defined]
+        threading.Thread(target=drain, name="drain", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if service is not None:
+        service.start()
+    log.info("serving", extra={"function": Path(function_dir).name, "port": settings.port,
+                               "threads": settings.threads})
+    try:
+        server.run()
+    finally:
+        if service is not None:
+            service.stop()
+        server.close()
+        log.info("stopped")

@@ -1,0 +1,149 @@
+"""What a training request asks for, parsed from an event key, a manifest or HTTP JSON."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from lepton_model.spec import ModelSpec, Preprocessing
+from lepton_model.training import TrainingConfig
+from lepton_runtime.errors import BadRequestError
+from lepton_runtime.settings import Location
+
+ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
+MANIFEST_NAME = "manifest.json"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_TRAINING_FIELDS = ("epochs", "batch_size", "validation_split", "learning_rate", "patience", "seed",
+                    "augment")
+_SPEC_FIELDS = ("filters", "dense_units", "dropout", "kernel_size", "pool_size")
+_PREPROCESSING_FIELDS = ("channels", "background", "fit")
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """Where the images come from: an archive object, a manifest's folder, or inline arrays."""
+
+    kind: str  # "archive" | "folder" | "arrays"
+    bucket: str = ""
+    key: str = ""
+    prefix: str = ""
+    name: str = ""
+
+    def describe(self) -> str:
+        if self.kind == "arrays":
+            return "inline arrays"
+        return f"s3://{self.bucket}/{self.key or self.prefix}"
+
+
+@dataclass(frozen=True)
+class TrainingRequest:
+    """One training job: the data, the model name, and the options that change the result."""
+
+    source: DatasetSource
+    model_name: str
+    config: TrainingConfig
+    spec_options: dict[str, Any] = field(default_factory=dict)
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    arrays: dict[str, Any] | None = None
+
+    def spec(self, num_classes: int) -> ModelSpec:
+        return ModelSpec.from_dict(
+            {**self.spec_options, "num_classes": num_classes, "preprocessing": self.preprocessing}
+        )
+
+    def options_fingerprint(self) -> str:
+        """Stable hash of everything besides the data that changes the trained model."""
+        options = {
+            "model": self.model_name,
+            "training": self.config.to_dict(),
+            "spec": self.spec_options,
+            "preprocessing": self.preprocessing.to_dict(),
+        }
+        return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()
+
+
+def dataset_source_for_key(datasets: Location, bucket: str, key: str) -> DatasetSource | None:
+    """Map an uploaded key to a dataset, or None for keys that do not start a training
+    (the individual images of a folder dataset: only its manifest.json does)."""
+    if not datasets.contains(bucket, key):
+        return None
+    rest = key[len(datasets.prefix):]
+    lowered = rest.lower()
+    if "/" not in rest:
+        for suffix in ARCHIVE_SUFFIXES:
+            if lowered.endswith(suffix) and len(rest) > len(suffix):
+                return DatasetSource("archive", bucket, key, name=rest[: -len(suffix)])
+        return None
+    folder, _, filename = rest.rpartition("/")
+    if filename == MANIFEST_NAME and "/" not in folder and folder:
+        return DatasetSource("folder", bucket, key, prefix=datasets.key(folder + "/"), name=folder)
+    return None
+
+
+def parse_options(
+    options: dict[str, Any], default_model: str, source: DatasetSource,
+    arrays: dict[str, Any] | None = None,
+) -> TrainingRequest:
+    """Build a TrainingRequest from JSON options (a manifest or an HTTP body)."""
+    if not isinstance(options, dict):
+        raise BadRequestError("training options must be a JSON object")
+    model_name = str(options.get("model") or options.get("model_name") or source.name
+                     or default_model)
+    if not _NAME.match(model_name):
+        raise BadRequestError(
+            f"model name {model_name!r} must be letters, digits, '.', '_' or '-' (max 63)"
+        )
+    try:
+        config = TrainingConfig(**{k: options[k] for k in _TRAINING_FIELDS if k in options})
+        prep_values = {k: options[k] for k in _PREPROCESSING_FIELDS if k in options}
+        size = options.get("image_size")
+        if size is not None:
+            height, width = (size, size) if isinstance(size, int) else tuple(size)
+            prep_values.update(height=int(height), width=int(width))
+        preprocessing = Preprocessing(**prep_values)
+        spec_options = {k: options[k] for k in _SPEC_FIELDS if k in options}
+        if "filters" in spec_options:
+            filters = spec_options["filters"]
+            spec_options["filters"] = [filters] if isinstance(filters, int) else list(filters)
+        ModelSpec.from_dict({**spec_options, "num_classes": 2, "preprocessing": preprocessing})
+    except (TypeError, ValueError) as exc:
+        raise BadRequestError(f"invalid training options: {exc}") from exc
+    return TrainingRequest(source, model_name, config, spec_options, preprocessing, arrays)
+
+
+def parse_http_request(payload: Any, datasets: Location, default_model: str) -> TrainingRequest:
+    """HTTP JSON: `{"dataset": "s3://bucket/key" | {"bucket", "key"}, ...options}` or the seed
+    article's `{"x_train": [...], "y_train": [...], ...options}`."""
+    if not isinstance(payload, dict):
+        raise BadRequestError("expected a JSON object")
+    if "x_train" in payload or "y_train" in payload:
+        if "x_train" not in payload or "y_train" not in payload:
+            raise BadRequestError("send both x_train and y_train")
+        arrays = {"x": payload["x_train"], "y": payload["y_train"],
+                  "labels": payload.get("labels")}
+        source = DatasetSource("arrays", name="")
+        return parse_options(payload, default_model, source, arrays)
+    dataset = payload.get("dataset")
+    if isinstance(dataset, str):
+        if dataset.startswith("s3://"):
+            bucket, _, key = dataset[5:].partition("/")
+        else:
+            bucket, key = datasets.bucket, dataset if "/" in dataset else datasets.key(dataset)
+    elif isinstance(dataset, dict):
+        bucket, key = str(dataset.get("bucket") or datasets.bucket), str(dataset.get("key", ""))
+    else:
+        raise BadRequestError(
+            'name a dataset: {"dataset": "s3://bucket/datasets/name.zip"}, or send x_train/y_train'
+        )
+    source = dataset_source_for_key(datasets, bucket, key)
+    if source is None and datasets.contains(bucket, key.rstrip("/") + "/" + MANIFEST_NAME):
+        source = dataset_source_for_key(datasets, bucket, key.rstrip("/") + "/" + MANIFEST_NAME)
+    if source is None:
+        raise BadRequestError(
+            f"s3://{bucket}/{key} is not a dataset: expected {datasets}<name>.zip, "
+            f"<name>.tar.gz or {datasets}<name>/ (with manifest.json)"
+        )
+    return parse_options(payload, default_model, source)

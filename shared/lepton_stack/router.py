@@ -1,0 +1,241 @@
+"""The development router: a Knative Broker stand-in for one machine.
+
+NOT a production broker. It keeps nothing durable of its own: an event is accepted (2xx) only
+after every matching Trigger's subscriber took it or it was dead-lettered, so until then the
+event stays in the SQS queue upstream. It reads the real Trigger and Broker objects from
+knative/ (filters, retries, backoff, timeouts, dead-letter sinks), delivers in binary mode over
+HTTP, and routes replies back through the Triggers, as Knative does. Dead letters are written as
+JSON files a person can read.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+from cloudevents.conversion import to_binary, to_dict
+from cloudevents.http import CloudEvent, from_http
+from werkzeug.wrappers import Request, Response
+
+from lepton_stack.triggers import Trigger
+
+log = logging.getLogger("lepton.router")
+
+RETRYABLE_STATUSES = frozenset({404, 408, 409, 429})
+DEAD_LETTER_DIR_SCHEME = "dir:"
+
+
+@dataclass
+class DeliveryResult:
+    trigger: str
+    status: int | None
+    attempts: int
+    dead_lettered: bool = False
+    error: str = ""
+    reply: CloudEvent | None = None
+
+
+@dataclass
+class RouterStats:
+    received: int = 0
+    delivered: Counter = field(default_factory=Counter)
+    retries: Counter = field(default_factory=Counter)
+    dead_letters: Counter = field(default_factory=Counter)
+    replies: int = 0
+    in_flight: int = 0
+
+
+class Router:
+    """Matches events to Triggers and delivers them with the Triggers' delivery policies."""
+
+    def __init__(
+        self,
+        triggers: list[Trigger],
+        subscribers: Mapping[str, str],
+        reply_workers: int = 4,
+    ) -> None:
+        self.triggers = triggers
+        self.subscribers = dict(subscribers)
+        self.stats = RouterStats()
+        self._lock = threading.Lock()
+        self._session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=64)
+        self._session.mount("http://", adapter)
+        self._replies = ThreadPoolExecutor(reply_workers, thread_name_prefix="reply")
+        self._stopping = threading.Event()
+
+    def resolve(self, destination: str) -> str:
+        """A Trigger destination (Service name, name + path, or URI) as a local URL."""
+        if "://" in destination or destination.startswith(DEAD_LETTER_DIR_SCHEME):
+            return destination
+        name, slash, path = destination.partition("/")
+        if name not in self.subscribers:
+            raise KeyError(f"no local address for subscriber {name!r}")
+        base = self.subscribers[name]
+        return base.rstrip("/") + (slash + path if slash else "/") if "://" in base else base
+
+    def route(self, event: CloudEvent) -> list[DeliveryResult]:
+        """Deliver `event` to every matching Trigger (in parallel); replies are routed after."""
+        attributes = event.get_attributes()
+        matching = [t for t in self.triggers if t.matches(attributes)]
+        with self._lock:
+            self.stats.received += 1
+            self.stats.in_flight += 1
+        try:
+            if len(matching) <= 1:
+                results = [self.deliver(t, event) for t in matching]
+            else:
+                with ThreadPoolExecutor(len(matching)) as pool:
+                    results = list(pool.map(lambda t: self.deliver(t, event), matching))
+        finally:
+            with self._lock:
+                self.stats.in_flight -= 1
+        for result in results:
+            if result.reply is not None and not self._stopping.is_set():
+                with self._lock:
+                    self.stats.replies += 1
+                self._replies.submit(self.route, result.reply)
+        return results
+
+    def deliver(self, trigger: Trigger, event: CloudEvent) -> DeliveryResult:
+        """One Trigger's delivery: attempts with backoff, then the dead-letter sink."""
+        url = self.resolve(trigger.subscriber)
+        delivery = trigger.delivery
+        headers, body = to_binary(event)
+        status: int | None = None
+        error = ""
+        attempts = 0
+        for attempt in range(delivery.retry + 1):
+            if attempt:
+                with self._lock:
+                    self.stats.retries[trigger.name] += 1
+                if self._stopping.wait(delivery.delay(attempt)):
+                    break
+            attempts += 1
+            try:
+                response = self._session.post(
+                    url, data=body, headers=headers, timeout=delivery.timeout or 600
+                )
+                status = response.status_code
+            except requests.RequestException as exc:
+                status, error = None, f"{type(exc).__name__}: {exc}"
+                continue
+            if 200 <= status < 300:
+                with self._lock:
+                    self.stats.delivered[trigger.name] += 1
+                return DeliveryResult(trigger.name, status, attempts, reply=_reply(response))
+            error = response.text[:2000]
+            if status < 500 and status not in RETRYABLE_STATUSES:
+                break  # Knative does not retry other 4xx
+        log.warning(
+            "delivery failed",
+            extra={"trigger": trigger.name, "status": status, "attempts": attempts,
+                   "id": event["id"], "error": error[:300]},
+        )
+        self._dead_letter(trigger, event, url, status, error)
+        return DeliveryResult(trigger.name, status, attempts, dead_lettered=True, error=error)
+
+    def _dead_letter(
+        self, trigger: Trigger, event: CloudEvent, url: str, status: int | None, error: str
+    ) -> None:
+        sink = trigger.delivery.dead_letter_sink
+        with self._lock:
+            self.stats.dead_letters[trigger.name] += 1
+        if not sink:
+            log.error("event dropped: no dead-letter sink", extra={"trigger": trigger.name,
+                                                                   "id": event["id"]})
+            return
+        # The extensions Knative adds to dead-lettered events.
+        lettered = CloudEvent(
+            {
+                **event.get_attributes(),
+                "knativeerrordest": url,
+                "knativeerrorcode": str(status or 0),
+                "knativeerrordata": base64.b64encode(error.encode()[:1024]).decode(),
+            },
+            event.get_data(),
+        )
+        target = self.resolve(sink)
+        if target.startswith(DEAD_LETTER_DIR_SCHEME):
+            folder = Path(target[len(DEAD_LETTER_DIR_SCHEME):])
+            folder.mkdir(parents=True, exist_ok=True)
+            name = f"{time.strftime('%Y%m%dT%H%M%S')}-{trigger.name}-{uuid.uuid4().hex[:8]}.json"
+            record = {"trigger": trigger.name, "event": to_dict(lettered)}
+            (folder / name).write_text(json.dumps(record, indent=2, default=str))
+            return
+        headers, body = to_binary(lettered)
+        self._session.post(target, data=body, headers=headers, timeout=30).raise_for_status()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._replies.shutdown(wait=False, cancel_futures=True)
+
+    # --- HTTP ingress (WSGI) ------------------------------------------------------------------
+
+    def __call__(self, environ: dict, start_response: Any) -> Any:
+        request = Request(environ)
+        response = self._handle(request)
+        return response(environ, start_response)
+
+    def _handle(self, request: Request) -> Response:
+        if request.method in ("GET", "HEAD") and request.path in ("/health", "/healthz"):
+            return Response("ok")
+        if request.method == "GET" and request.path == "/status":
+            return Response(json.dumps(self.status()), mimetype="application/json")
+        if request.method != "POST":
+            return Response(status=405)
+        try:
+            event = from_http(dict(request.headers), request.get_data())
+        except Exception as exc:  # the SDK raises several unrelated types for bad input
+            return Response(json.dumps({"error": f"not a CloudEvent: {exc}"}), status=400,
+                            mimetype="application/json")
+        try:
+            results = self.route(event)
+        except KeyError as exc:
+            return Response(json.dumps({"error": str(exc)}), status=500,
+                            mimetype="application/json")
+        except OSError as exc:  # the dead-letter sink failed: let the sender redeliver
+            return Response(json.dumps({"error": f"dead-letter sink failed: {exc}"}), status=503,
+                            mimetype="application/json")
+        body = [
+            {"trigger": r.trigger, "status": r.status, "attempts": r.attempts,
+             "dead_lettered": r.dead_lettered}
+            for r in results
+        ]
+        return Response(json.dumps({"deliveries": body}), status=202, mimetype="application/json")
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "received": self.stats.received,
+                "in_flight": self.stats.in_flight,
+                "replies": self.stats.replies,
+                "delivered": dict(self.stats.delivered),
+                "retries": dict(self.stats.retries),
+                "dead_letters": dict(self.stats.dead_letters),
+                "triggers": [
+                    {"name": t.name, "subscriber": t.subscriber, "retry": t.delivery.retry}
+                    for t in self.triggers
+                ],
+            }
+
+
+def _reply(response: requests.Response) -> CloudEvent | None:
+    """The reply event in a subscriber's response, if it holds one (binary or structured)."""
+    if not response.content and "ce-id" not in response.headers:
+        return None
+    try:
+        return from_http(dict(response.headers), response.content)
+    except Exception:  # not a CloudEvent: Knative ignores a plain response body
+        return None

@@ -1,0 +1,337 @@
+"""`lepton up`: the whole pipeline on one machine.
+
+moto server (S3 + SQS on 127.0.0.1) -> buckets and bucket notifications to an SQS queue with a
+dead-letter queue -> the event-source adapter -> the development router (Triggers from knative/)
+-> the inference and training functions as real parliament servers. The first model is trained
+from the bundled digits through the real path: the archive is uploaded, the training function
+publishes, the inference function loads it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+import requests
+from botocore.config import Config
+
+from lepton_stack.state import (
+    ACCESS_KEY,
+    REGION,
+    SECRET_KEY,
+    StackLayout,
+    pid_alive,
+    read_state,
+    write_state,
+)
+from lepton_stack.supervisor import Part, Supervisor
+
+log = logging.getLogger("lepton.stack")
+
+DLQ_MAX_RECEIVES = 5
+
+
+class StackError(RuntimeError):
+    """The stack cannot start (a port is taken, a part fails, the first model never arrives)."""
+
+
+def repo_root() -> Path:
+    """The checkout this package runs from (editable install), where knative/ and functions/
+    live."""
+    return Path(__file__).resolve().parents[2]
+
+
+def aws_client(layout: StackLayout, service: str) -> Any:
+    return boto3.client(
+        service,
+        endpoint_url=layout.s3_endpoint,
+        region_name=REGION,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        config=Config(s3={"addressing_style": "path"}, retries={"mode": "standard"},
+                      connect_timeout=2, read_timeout=30),
+    )
+
+
+def _port_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def provision(layout: StackLayout) -> dict[str, str]:
+    """Buckets, the notification queue with its dead-letter queue, and the notifications."""
+    s3 = aws_client(layout, "s3")
+    sqs = aws_client(layout, "sqs")
+    for bucket in (layout.uploads, layout.results, layout.models):
+        try:
+            s3.create_bucket(Bucket=bucket)
+        except s3.exceptions.BucketAlreadyOwnedByYou:
+            pass
+    dlq_url = sqs.create_queue(QueueName=f"{layout.queue}-dlq")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
+        "Attributes"]["QueueArn"]
+    queue_url = sqs.create_queue(
+        QueueName=layout.queue,
+        Attributes={
+            # A training can hold a message for minutes before the router answers.
+            "VisibilityTimeout": "1800",
+            "RedrivePolicy": json.dumps(
+                {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(DLQ_MAX_RECEIVES)}
+            ),
+        },
+    )["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
+        "Attributes"]["QueueArn"]
+    rules = [
+        {
+            "Id": f"lepton-{prefix.rstrip('/')}",
+            "QueueArn": queue_arn,
+            "Events": ["s3:ObjectCreated:*"],
+            "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": prefix}]}},
+        }
+        for prefix in ("images/", "datasets/")
+    ]
+    s3.put_bucket_notification_configuration(
+        Bucket=layout.uploads, NotificationConfiguration={"QueueConfigurations": rules}
+    )
+    return {"queue_url": queue_url, "dlq_url": dlq_url}
+
+
+def write_samples(layout: StackLayout, count: int = 10) -> list[Path]:
+    """A few digit PNGs (one per class) for the ready message's examples."""
+    import numpy as np
+
+    from lepton_model.digits import load_digits, render_digit
+
+    images, labels = load_digits()
+    layout.samples.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for label in range(count):
+        index = int(np.flatnonzero(labels == label)[-1])
+        path = layout.samples / f"digit-{label}.png"
+        render_digit(images[index], 28).save(path)
+        paths.append(path)
+    return paths
+
+
+def bundled_dataset_archive() -> bytes:
+    from lepton_model.digits import digit_files
+
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in digit_files():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+class LocalStack:
+    """Starts, supervises and stops the parts; `run()` blocks until a signal."""
+
+    def __init__(self, layout: StackLayout, manifests: Path | None = None,
+                 functions: Path | None = None) -> None:
+        self.layout = layout
+        self.manifests = manifests or repo_root() / "knative" / "base"
+        self.functions = functions or repo_root() / "functions"
+        self.supervisor: Supervisor | None = None
+        self.queues: dict[str, str] = {}
+        self.model_version: str | None = None
+        self.status = "starting"
+
+    # --- parts --------------------------------------------------------------------------------
+
+    def _parts(self) -> list[Part]:
+        layout, python = self.layout, sys.executable
+        logs = layout.logs
+        ports = layout.ports
+        router_cmd = [
+            python, "-m", "lepton_stack.router_main",
+            "--host", layout.host, "--port", str(ports.router),
+            "--manifests", str(self.manifests),
+            "--subscriber", f"lepton-infer={layout.url(ports.infer)}",
+            "--subscriber", f"lepton-train={layout.url(ports.train)}",
+            "--subscriber", f"lepton-dead-letters=dir:{layout.dead_letters}",
+        ]
+
+        def serve(role: str) -> Part:
+            return Part(
+                role,
+                [python, "-m", "lepton_stack.cli", "serve", role,
+                 "--function-dir", str(self.functions / role)],
+                layout.function_env(role),
+                f"{layout.url(getattr(ports, role))}/health/liveness",
+                logs / f"{role}.log",
+            )
+
+        return [
+            serve("infer"),
+            serve("train"),
+            Part("router", router_cmd, {}, f"{layout.url(ports.router)}/health",
+                 logs / "router.log"),
+            Part("source", [python, "-m", "lepton_runtime.source"],
+                 layout.function_env("source", self.queues["queue_url"]), None,
+                 logs / "source.log"),
+        ]
+
+    def _moto(self) -> Part:
+        return Part(
+            "s3",
+            [sys.executable, "-m", "moto.server", "-H", self.layout.host,
+             "-p", str(self.layout.ports.s3)],
+            {},
+            f"{self.layout.s3_endpoint}/moto-api/",
+            self.layout.logs / "s3.log",
+            restart=False,  # its state is in memory: a restart would lose every object
+        )
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def check_free(self) -> None:
+        try:
+            state = read_state(self.layout)
+        except RuntimeError:
+            state = {}
+        if pid_alive(state.get("pid")) and state.get("pid") != os.getpid():
+            raise StackError(f"a stack is already running (pid {state['pid']}); "
+                             "stop it with `lepton down`")
+        ports = self.layout.ports
+        for name in ("s3", "router", "infer", "train", "webhook"):
+            port = getattr(ports, name)
+            if not _port_free(self.layout.host, port):
+                raise StackError(f"port {port} ({name}) is in use on {self.layout.host}")
+
+    def start(self, progress=print) -> None:  # type: ignore[no-untyped-def]
+        """Start every part and wait until a model is live."""
+        self.check_free()
+        self.layout.logs.mkdir(parents=True, exist_ok=True)
+        self.layout.dead_letters.mkdir(parents=True, exist_ok=True)
+        self._save()
+        moto = self._moto()
+        moto.start()
+        self.supervisor = Supervisor([moto], on_change=self._save)
+        moto.wait_healthy(30)
+        progress(f"S3 + SQS endpoint (moto) on {self.layout.s3_endpoint}")
+        self.queues = provision(self.layout)
+        progress(f"buckets {self.layout.uploads}, {self.layout.results}, {self.layout.models}; "
+                 "notifications -> SQS (with a dead-letter queue)")
+        parts = self._parts()
+        for part in parts:
+            part.start()
+        self.supervisor.parts.extend(parts)
+        self._save()
+        for part in parts:
+            part.wait_healthy(60)
+        progress("functions, router and event source are up")
+        self.model_version = self._first_model(progress)
+        self.status = "ready"
+        self._save()
+
+    def _first_model(self, progress, timeout: float = 600) -> str:  # type: ignore[no-untyped-def]
+        s3 = aws_client(self.layout, "s3")
+        pointer = f"{self.layout.model}/latest.json"
+        try:
+            s3.head_object(Bucket=self.layout.models, Key=pointer)
+        except s3.exceptions.ClientError:
+            progress("training the first model from the bundled digits "
+                     f"(s3://{self.layout.uploads}/datasets/{self.layout.model}.zip) ...")
+            s3.put_object(Bucket=self.layout.uploads,
+                          Key=f"datasets/{self.layout.model}.zip",
+                          Body=bundled_dataset_archive(), ContentType="application/zip")
+        deadline = time.monotonic() + timeout
+        url = f"{self.layout.url(self.layout.ports.infer)}/v1/models/{self.layout.model}"
+        while time.monotonic() < deadline:
+            try:
+                response = requests.get(url, timeout=2)
+                if response.status_code == 200:
+                    return str(response.json()["model_version_status"][0]["version"])
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        raise StackError(f"no model went live in {timeout:.0f} s; see {self.layout.logs}")
+
+    def state(self) -> dict[str, Any]:
+        layout, ports = self.layout, self.layout.ports
+        parts = self.supervisor.parts if self.supervisor else []
+        return {
+            "status": self.status,
+            "pid": os.getpid(),
+            "s3_endpoint": layout.s3_endpoint,
+            "region": REGION,
+            "access_key": ACCESS_KEY,
+            "secret_key": SECRET_KEY,
+            "model": layout.model,
+            "model_version": self.model_version,
+            "buckets": {"uploads": layout.uploads, "results": layout.results,
+                        "models": layout.models},
+            "functions": {"infer": layout.url(ports.infer), "train": layout.url(ports.train)},
+            "router": layout.url(ports.router),
+            "webhook": layout.url(ports.webhook),
+            "queues": self.queues,
+            "dead_letters": str(layout.dead_letters),
+            "logs": str(layout.logs),
+            "parts": {p.name: {"pid": p.pid, "restarts": p.restarts, "log": str(p.log_file)}
+                      for p in parts},
+        }
+
+    def _save(self) -> None:
+        write_state(self.layout, self.state())
+
+    def run(self) -> None:
+        """Supervise until SIGTERM/SIGINT, then stop everything."""
+        assert self.supervisor is not None
+        signal.signal(signal.SIGTERM, lambda *_: self.supervisor.stop())  # type: ignore[union-attr]
+        signal.signal(signal.SIGINT, lambda *_: self.supervisor.stop())  # type: ignore[union-attr]
+        self.supervisor.watch()
+
+    def shutdown(self) -> None:
+        self.status = "stopping"
+        if self.supervisor:
+            self._save()
+            self.supervisor.stop_all()
+        self.status = "stopped"
+        state = self.state()
+        state["pid"] = None
+        write_state(self.layout, state)
+
+
+def ready_message(layout: StackLayout, version: str | None) -> str:
+    ports, s3 = layout.ports, layout.s3_endpoint
+    creds = f"AWS_ACCESS_KEY_ID={ACCESS_KEY} AWS_SECRET_ACCESS_KEY={SECRET_KEY} AWS_REGION={REGION}"
+    sample = layout.samples / "digit-3.png"
+    rel = os.path.relpath(sample) if sample.is_absolute() else str(sample)
+    return f"""
+Lepton functions is running: model {layout.model!r} version {version} is live.
+
+  S3 + SQS endpoint  {s3}   (region {REGION}, keys {ACCESS_KEY}/{SECRET_KEY})
+  infer function     {layout.url(ports.infer)}
+  train function     {layout.url(ports.train)}
+  router (broker)    {layout.url(ports.router)}/status   dead letters in {layout.dead_letters}
+  logs               {layout.logs}/
+
+Drop an image in the bucket, read its result:
+  {creds} aws --endpoint-url {s3} s3 cp {rel} s3://{layout.uploads}/images/
+  {creds} aws --endpoint-url {s3} s3 cp s3://{layout.results}/images/{sample.name}.json -
+Or call the function directly:
+  curl --data-binary @{rel} {layout.url(ports.infer)}/
+  .venv/bin/lepton predict {layout.samples}/*.png
+  .venv/bin/lepton put {layout.samples}/*.png --wait
+  eval "$(.venv/bin/lepton env)"   # point aws/boto3 in this shell at the stack
+Train a new version from a <label>/<image> folder:  .venv/bin/lepton train DIR
+Stop: Ctrl-C here (or `.venv/bin/lepton down` for a detached stack).
+"""

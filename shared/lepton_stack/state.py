@@ -1,0 +1,138 @@
+"""The local stack's addresses and state file (`.lepton/stack.json`)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REGION = "us-east-1"
+ACCESS_KEY = "test"  # moto accepts any credentials; these never leave the machine
+SECRET_KEY = "test"
+MODEL_NAME = "digits"
+
+
+class StackNotRunningError(RuntimeError):
+    """No stack state or the supervisor is gone."""
+
+
+@dataclass(frozen=True)
+class Ports:
+    s3: int = 4566
+    router: int = 8090
+    infer: int = 8081
+    train: int = 8082
+    webhook: int = 8091
+
+
+@dataclass(frozen=True)
+class StackLayout:
+    """Where the stack keeps its files and which ports it uses."""
+
+    root: Path
+    ports: Ports = field(default_factory=Ports)
+    host: str = "127.0.0.1"
+    uploads: str = "lepton-uploads"
+    results: str = "lepton-results"
+    models: str = "lepton-models"
+    queue: str = "lepton-uploads-events"
+    model: str = MODEL_NAME
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "stack.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def dead_letters(self) -> Path:
+        return self.root / "dead-letters"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples"
+
+    def url(self, port: int) -> str:
+        return f"http://{self.host}:{port}"
+
+    @property
+    def s3_endpoint(self) -> str:
+        return self.url(self.ports.s3)
+
+    def function_env(self, role: str, queue_url: str = "") -> dict[str, str]:
+        """The environment a function container gets, pointed at this stack."""
+        env = {
+            "AWS_ENDPOINT_URL": self.s3_endpoint,
+            "AWS_ENDPOINT_URL_S3": self.s3_endpoint,
+            "AWS_REGION": REGION,
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "LEPTON_UPLOADS_BUCKET": self.uploads,
+            "LEPTON_RESULTS_BUCKET": self.results,
+            "LEPTON_MODELS_BUCKET": self.models,
+            "LEPTON_MODEL_NAME": self.model,
+            "LEPTON_S3_ADDRESSING_STYLE": "path",
+            "LEPTON_MODEL_POLL_SECONDS": "10",
+        }
+        if role == "infer":
+            env["PORT"] = str(self.ports.infer)
+            env["LEPTON_MODEL_CACHE_DIR"] = str(self.root / "cache" / "infer")
+        elif role == "train":
+            env["PORT"] = str(self.ports.train)
+        elif role == "source":
+            env["K_SINK"] = self.url(self.ports.router) + "/"
+            env["LEPTON_SQS_QUEUE_URL"] = queue_url
+            env["LEPTON_WEBHOOK_PORT"] = str(self.ports.webhook)
+            env["LEPTON_SQS_WAIT_SECONDS"] = "2"
+            # The router answers once the function has the event: a training takes a while.
+            env["LEPTON_SINK_TIMEOUT"] = "1800"
+        return env
+
+
+def write_state(layout: StackLayout, data: dict[str, Any]) -> None:
+    layout.root.mkdir(parents=True, exist_ok=True)
+    tmp = layout.state_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    tmp.replace(layout.state_file)
+
+
+def read_state(layout: StackLayout) -> dict[str, Any]:
+    try:
+        return json.loads(layout.state_file.read_text())
+    except FileNotFoundError as exc:
+        raise StackNotRunningError(
+            f"no local stack found ({layout.state_file} is missing): start one with "
+            "`make run` or `lepton up --detach`"
+        ) from exc
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        status = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        return status != "Z"
+    except OSError:
+        return True
+
+
+def running_state(layout: StackLayout) -> dict[str, Any]:
+    """The state of a running stack, or StackNotRunningError with what to do."""
+    state = read_state(layout)
+    if not pid_alive(state.get("pid")):
+        raise StackNotRunningError(
+            "the local stack is not running (its supervisor is gone): start it with "
+            "`make run` or `lepton up --detach`"
+        )
+    return state
