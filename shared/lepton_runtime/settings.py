@@ -6,6 +6,7 @@ S3 endpoint, region and credentials are NOT read here: boto3 finds them itself
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -86,6 +87,7 @@ class Settings:
     webhook_token: str = ""
     poll_wait_seconds: int = 20
     sink_timeout: float = 30.0
+    ce_overrides: tuple[tuple[str, str], ...] = ()  # K_CE_OVERRIDES extensions, as pairs
 
     @property
     def trigger_locations(self) -> tuple[Location, ...]:
@@ -169,6 +171,7 @@ class Settings:
             webhook_token=reader.str("LEPTON_WEBHOOK_TOKEN", ""),
             poll_wait_seconds=reader.int("LEPTON_SQS_WAIT_SECONDS", 20, minimum=0, maximum=20),
             sink_timeout=reader.float("LEPTON_SINK_TIMEOUT", 30.0, minimum=0.1),
+            ce_overrides=reader.ce_overrides("K_CE_OVERRIDES"),
         )
         return settings.check()
 
@@ -207,6 +210,18 @@ class _Reader:
         except ValueError as exc:
             raise ConfigurationError(f"{name}={raw!r} is not a number") from exc
         return self._bounded(name, value, minimum, maximum)
+
+    def ce_overrides(self, name: str) -> tuple[tuple[str, str], ...]:
+        """The SinkBinding contract's `{"extensions": {"name": "value"}}`, as sorted pairs."""
+        raw = self.str(name, "")
+        if not raw:
+            return ()
+        try:
+            extensions = json.loads(raw).get("extensions") or {}
+            pairs = tuple(sorted((str(k), str(v)) for k, v in extensions.items()))
+        except (ValueError, AttributeError) as exc:
+            raise ConfigurationError(f'{name} is not {{"extensions": {{...}}}} JSON') from exc
+        return pairs
 
     def choice(self, name: str, default: str, allowed: tuple[str, ...]):  # type: ignore[no-untyped-def]
         value = self.str(name, default).lower()

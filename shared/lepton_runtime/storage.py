@@ -101,7 +101,8 @@ class StoredObject:
 def client_config(s3: S3Settings, *, addressing_style: str | None = None) -> Config:
     """botocore Config: standard retry mode, the configured timeouts and addressing style."""
     options: dict[str, Any] = {
-        "retries": {"mode": "standard", "max_attempts": s3.max_attempts},
+        # total_max_attempts counts the first try; botocore's max_attempts would count retries.
+        "retries": {"mode": "standard", "total_max_attempts": s3.max_attempts},
         "connect_timeout": s3.connect_timeout,
         "read_timeout": s3.read_timeout,
     }
@@ -129,7 +130,7 @@ def make_sqs_client(settings: Settings) -> Any:
     """An SQS client for the event-source adapter; its read timeout outlasts a long poll."""
     s3 = settings.s3
     config = Config(
-        retries={"mode": "standard", "max_attempts": s3.max_attempts},
+        retries={"mode": "standard", "total_max_attempts": s3.max_attempts},
         connect_timeout=s3.connect_timeout,
         read_timeout=max(s3.read_timeout, settings.poll_wait_seconds + 10.0),
     )

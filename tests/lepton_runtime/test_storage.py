@@ -1,0 +1,312 @@
+"""Storage over moto: bounded reads, puts, listing, pointer-last publishing, typed errors."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import botocore.response
+import pytest
+from botocore.awsrequest import AWSResponse
+from botocore.retries.standard import ExponentialBackoff
+
+from lepton_runtime.errors import (
+    AccessDeniedError,
+    ObjectNotFoundError,
+    ObjectTooLargeError,
+    StorageError,
+    StorageUnavailableError,
+)
+from lepton_runtime.settings import Location, S3Settings, Settings
+from lepton_runtime.storage import Storage, make_s3_client
+
+BUCKET = "lepton-test-bucket"
+
+
+class _Raw:
+    """The raw HTTP body botocore reads an injected response from."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self._body
+
+
+class Faults:
+    """Answers chosen S3 requests with an error before they leave botocore (per attempt)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.attempts: list[str] = []
+
+    def inject(
+        self, operation: str, status: int, code: str, times: int | None = None, url_part: str = ""
+    ) -> None:
+        remaining = [times]
+
+        def answer(request: Any, **_: Any) -> AWSResponse | None:
+            if url_part not in request.url:
+                return None
+            self.attempts.append(request.url)
+            if remaining[0] is not None:
+                if remaining[0] == 0:
+                    return None
+                remaining[0] -= 1
+            body = f"<Error><Code>{code}</Code><Message>injected</Message></Error>".encode()
+            return AWSResponse(request.url, status, {"Content-Type": "application/xml"}, _Raw(body))
+
+        self.client.meta.events.register_first(f"before-send.s3.{operation}", answer)
+
+
+@pytest.fixture
+def storage(mock_aws: None) -> Storage:
+    store = Storage.from_settings(Settings())
+    store.client.create_bucket(Bucket=BUCKET)
+    return store
+
+
+@pytest.fixture
+def faults(storage: Storage) -> Faults:
+    return Faults(storage.client)
+
+
+@pytest.fixture
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """botocore waits up to seconds between throttled attempts; tests need not."""
+    monkeypatch.setattr(ExponentialBackoff, "delay_amount", lambda self, context: 0)
+
+
+@pytest.fixture
+def body_reads(monkeypatch: pytest.MonkeyPatch) -> list[int | None]:
+    """Every StreamingBody.read call (its amount), to prove a body was or was not downloaded."""
+    calls: list[int | None] = []
+    original: Callable[..., bytes] = botocore.response.StreamingBody.read
+
+    def read(self: Any, amt: int | None = None) -> bytes:
+        calls.append(amt)
+        return original(self, amt)
+
+    monkeypatch.setattr(botocore.response.StreamingBody, "read", read)
+    return calls
+
+
+def test_get_bytes_returns_the_object(storage: Storage) -> None:
+    storage.put_bytes(BUCKET, "images/a.png", b"\x89PNG", "image/png")
+    stored = storage.get_bytes(BUCKET, "images/a.png", max_bytes=4)
+    assert (stored.data, stored.size, stored.content_type) == (b"\x89PNG", 4, "image/png")
+    assert stored.etag == storage.head(BUCKET, "images/a.png").etag
+
+
+def test_get_bytes_refuses_a_large_object_without_reading_its_body(
+    storage: Storage, body_reads: list[int | None]
+) -> None:
+    storage.put_bytes(BUCKET, "images/big.png", b"x" * 2048)
+    with pytest.raises(ObjectTooLargeError, match="2048 bytes"):
+        storage.get_bytes(BUCKET, "images/big.png", max_bytes=1024)
+    assert body_reads == []
+
+
+def test_get_bytes_reads_at_most_one_byte_past_the_limit(
+    storage: Storage, body_reads: list[int | None]
+) -> None:
+    storage.put_bytes(BUCKET, "images/a.png", b"abc")
+    storage.get_bytes(BUCKET, "images/a.png", max_bytes=3)
+    assert body_reads == [4]
+
+
+@pytest.mark.parametrize(
+    ("bucket", "key"), [(BUCKET, "images/missing.png"), ("lepton-no-such-bucket", "a.png")]
+)
+def test_missing_objects_and_buckets_are_not_found(storage: Storage, bucket: str, key: str) -> None:
+    with pytest.raises(ObjectNotFoundError):
+        storage.get_bytes(bucket, key, max_bytes=10)
+
+
+def test_head_of_a_missing_object_is_not_found(storage: Storage) -> None:
+    with pytest.raises(ObjectNotFoundError):
+        storage.head(BUCKET, "nothing")
+
+
+def test_exists(storage: Storage) -> None:
+    storage.put_bytes(BUCKET, "here", b"1")
+    assert (storage.exists(BUCKET, "here"), storage.exists(BUCKET, "gone")) == (True, False)
+
+
+def test_put_json_round_trips_as_application_json(storage: Storage) -> None:
+    storage.put_json(BUCKET, "r/a.json", {"label": "été", "n": 1})
+    assert storage.get_json(BUCKET, "r/a.json") == {"label": "été", "n": 1}
+    assert storage.head(BUCKET, "r/a.json").content_type == "application/json"
+
+
+def test_get_json_of_a_missing_object_may_be_none(storage: Storage) -> None:
+    assert storage.get_json(BUCKET, "r/none.json", missing_ok=True) is None
+
+
+def test_get_json_of_broken_json_is_a_permanent_storage_error(storage: Storage) -> None:
+    storage.put_bytes(BUCKET, "r/bad.json", b"{not json")
+    with pytest.raises(StorageError) as caught:
+        storage.get_json(BUCKET, "r/bad.json")
+    assert not caught.value.retryable
+
+
+def test_put_if_absent_never_overwrites(storage: Storage) -> None:
+    assert storage.put_json(BUCKET, "r/once.json", {"n": 1}, if_absent=True) is not None
+    assert storage.put_json(BUCKET, "r/once.json", {"n": 2}, if_absent=True) is None
+    assert storage.get_json(BUCKET, "r/once.json") == {"n": 1}
+
+
+def test_put_file_uploads_with_a_guessed_type(storage: Storage, tmp_path: Path) -> None:
+    path = tmp_path / "metadata.json"
+    path.write_text('{"version": "v1"}')
+    storage.put_file(BUCKET, "m/metadata.json", path)
+    assert storage.get_json(BUCKET, "m/metadata.json") == {"version": "v1"}
+    assert storage.head(BUCKET, "m/metadata.json").content_type == "application/json"
+
+
+def test_list_objects_lists_only_the_prefix_in_key_order(storage: Storage) -> None:
+    for key in ("datasets/d/b.png", "datasets/d/a.png", "datasets/other.zip", "images/x.png"):
+        storage.put_bytes(BUCKET, key, b"12")
+    listed = [(info.key, info.size) for info in storage.list_objects(BUCKET, "datasets/d/")]
+    assert listed == [("datasets/d/a.png", 2), ("datasets/d/b.png", 2)]
+
+
+def test_publish_writes_the_pointer_last(storage: Storage, tmp_path: Path) -> None:
+    order: list[str] = []
+    storage.client.meta.events.register(
+        "before-parameter-build.s3.PutObject", lambda params, **_: order.append(params["Key"])
+    )
+    (tmp_path / "model.tflite").write_bytes(b"tflite")
+    written = storage.publish(
+        Location(BUCKET, "models/"),
+        "digits/v1",
+        {"model.tflite": tmp_path / "model.tflite", "metadata.json": b"{}"},
+        "digits/latest.json",
+        {"version": "v1"},
+    )
+    expected = ["models/digits/v1/model.tflite", "models/digits/v1/metadata.json"]
+    assert tuple(order) == written == (*expected, "models/digits/latest.json")
+    assert storage.get_json(BUCKET, "models/digits/latest.json") == {"version": "v1"}
+
+
+def test_publish_never_writes_the_pointer_after_a_failed_upload(
+    storage: Storage, faults: Faults
+) -> None:
+    faults.inject("PutObject", 403, "AccessDenied", url_part="model.keras")
+    files = {"metadata.json": b"{}", "model.keras": b"k", "model.tflite": b"t"}
+    with pytest.raises(AccessDeniedError):
+        storage.publish(BUCKET, "digits/v2/", files, "digits/latest.json", {"version": "v2"})
+    assert not storage.exists(BUCKET, "digits/latest.json")
+    assert not storage.exists(BUCKET, "digits/v2/model.tflite")
+
+
+def test_publish_without_a_pointer_stores_the_files_only(storage: Storage) -> None:
+    written = storage.publish(BUCKET, "digits/v3/", {"metadata.json": b"{}"}, None, None)
+    assert written == ("digits/v3/metadata.json",)
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "error"),
+    [
+        (403, "AccessDenied", AccessDeniedError),
+        (403, "InvalidAccessKeyId", AccessDeniedError),
+        (404, "NoSuchKey", ObjectNotFoundError),
+        (503, "SlowDown", StorageUnavailableError),
+        (500, "InternalError", StorageUnavailableError),
+        (503, "ServiceUnavailable", StorageUnavailableError),
+    ],
+)
+@pytest.mark.usefixtures("no_backoff")
+def test_s3_errors_become_typed_errors(
+    storage: Storage, faults: Faults, status: int, code: str, error: type[Exception]
+) -> None:
+    faults.inject("GetObject", status, code)
+    with pytest.raises(error):
+        storage.get_bytes(BUCKET, "images/a.png", max_bytes=10)
+
+
+def test_other_client_errors_are_permanent_storage_errors(storage: Storage, faults: Faults) -> None:
+    faults.inject("GetObject", 400, "InvalidArgument")
+    with pytest.raises(StorageError) as caught:
+        storage.get_bytes(BUCKET, "images/a.png", max_bytes=10)
+    assert type(caught.value) is StorageError and not caught.value.retryable
+
+
+def test_transient_faults_are_retried_until_success(storage: Storage, faults: Faults) -> None:
+    storage.put_bytes(BUCKET, "images/a.png", b"ok")
+    faults.inject("GetObject", 503, "ServiceUnavailable", times=2)
+    assert storage.get_bytes(BUCKET, "images/a.png", max_bytes=10).data == b"ok"
+    assert len(faults.attempts) == 3
+
+
+def test_transient_faults_give_up_after_max_attempts(storage: Storage, faults: Faults) -> None:
+    faults.inject("GetObject", 500, "InternalError")
+    with pytest.raises(StorageUnavailableError) as caught:
+        storage.get_bytes(BUCKET, "images/a.png", max_bytes=10)
+    assert caught.value.retryable
+    assert len(faults.attempts) == Settings().s3.max_attempts
+
+
+FAST = Settings(s3=S3Settings(connect_timeout=0.5, read_timeout=0.5, max_attempts=2))
+
+
+def test_an_unreachable_endpoint_is_unavailable_quickly(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailableError):
+        Storage.from_settings(FAST).get_bytes(BUCKET, "a.png", max_bytes=10)
+    assert time.monotonic() - started < 5
+
+
+def test_a_silent_endpoint_times_out_as_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as silent:  # accepts connections (backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        with pytest.raises(StorageUnavailableError, match=r"timeout|timed out"):
+            Storage.from_settings(FAST).get_bytes(BUCKET, "a.png", max_bytes=10)
+
+
+def test_a_custom_endpoint_gets_path_style_addressing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://minio.lepton.svc:9000")
+    client = make_s3_client(Settings())
+    assert client.meta.endpoint_url == "http://minio.lepton.svc:9000"
+    assert client.meta.config.s3["addressing_style"] == "path"
+
+
+def test_aws_keeps_the_default_addressing() -> None:
+    client = make_s3_client(Settings())
+    assert "amazonaws.com" in client.meta.endpoint_url
+    assert not (client.meta.config.s3 or {}).get("addressing_style")
+
+
+def test_an_explicit_addressing_style_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio:9000")
+    client = make_s3_client(Settings(s3=S3Settings(addressing_style="virtual")))
+    assert client.meta.config.s3["addressing_style"] == "virtual"
+
+
+def test_the_client_uses_standard_retries_and_the_timeouts() -> None:
+    config = make_s3_client(FAST).meta.config
+    assert (config.retries["mode"], config.connect_timeout, config.read_timeout) == (
+        "standard",
+        0.5,
+        0.5,
+    )
+
+
+def test_bounded_reads_over_a_real_moto_server(moto_endpoint: str) -> None:
+    storage = Storage.from_settings(Settings())
+    storage.client.create_bucket(Bucket="lepton-storage-http")
+    storage.put_bytes("lepton-storage-http", "images/big.bin", b"\0" * (2 * 1024 * 1024))
+    with pytest.raises(ObjectTooLargeError):
+        storage.get_bytes("lepton-storage-http", "images/big.bin", max_bytes=1024 * 1024)
+    assert storage.get_bytes("lepton-storage-http", "images/big.bin", 4 * 1024 * 1024).size == (
+        2 * 1024 * 1024
+    )
