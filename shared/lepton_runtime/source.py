@@ -42,6 +42,7 @@ from werkzeug.wrappers import Request, Response
 from lepton_runtime.emit import binary_http, s3_object_event
 from lepton_runtime.errors import ConfigurationError, EventFormatError, LeptonError
 from lepton_runtime.events import find_records
+from lepton_runtime.logs import configure
 from lepton_runtime.settings import Settings
 from lepton_runtime.storage import make_sqs_client
 
@@ -293,6 +294,7 @@ class SourceAdapter:
         if not settings.queue_url and not serve_webhook:
             raise ConfigurationError("set LEPTON_SQS_QUEUE_URL, LEPTON_WEBHOOK_PORT or both")
         self.settings = settings
+        self.crashed = False
         self._stop = threading.Event()
         if settings.queue_url and sqs_client is None:
             sqs_client = make_sqs_client(settings)
@@ -367,14 +369,15 @@ class SourceAdapter:
             self.poller.run()
         except Exception:  # a bug: stop the process so the platform restarts it
             log.exception("SQS poller crashed")
+            self.crashed = True
             self._stop.set()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python -m lepton_runtime.source`: run until SIGTERM/SIGINT."""
-    from lepton_runtime.logs import configure
+def main() -> int:
+    """Entry point of `python -m lepton_runtime.source`: run until SIGTERM/SIGINT.
 
-    del argv  # configuration comes from the environment only
+    Exit status: 0 after a signal, 1 if the poller crashed, 2 for a bad configuration.
+    """
     try:
         settings = Settings.from_env()
         configure(settings.log_level)
@@ -391,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     adapter.start()
     adapter.wait()
     adapter.close()
-    return 0
+    return 1 if adapter.crashed else 0
 
 
 def _json_response(status: int, body: Mapping[str, Any]) -> Response:

@@ -294,7 +294,7 @@ class Storage:
         for name, content in files.items():
             key = location.key(base + name)
             if isinstance(content, Path):
-                self.put_file(location.bucket, key, content)
+                self.put_file(location.bucket, key, content, guess_type(name))
             else:
                 self.put_bytes(location.bucket, key, content, guess_type(name))
             written.append(key)
