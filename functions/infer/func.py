@@ -9,6 +9,6 @@ from lepton_runtime.inference.service import InferenceService
 service = InferenceService.from_env()
 
 
-def main(context):  # noqa: ANN001, ANN201 - parliament's contract
+def main(context):
     """Answer one request: an image, a form, TF-Serving JSON or an S3 event."""
     return service.handle(context)

@@ -9,6 +9,6 @@ from lepton_runtime.training.service import TrainingService
 service = TrainingService.from_env()
 
 
-def main(context):  # noqa: ANN001, ANN201 - parliament's contract
+def main(context):
     """Train on the dataset an S3 event or a JSON request names."""
     return service.handle(context)

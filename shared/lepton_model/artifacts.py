@@ -65,7 +65,7 @@ class ModelMetadata:
                 created=str(data.get("created", "")),
                 files=tuple(data.get("files", ())),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ArtifactError(f"metadata.json is invalid ({exc!r})") from exc
 
 

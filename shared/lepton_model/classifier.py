@@ -38,6 +38,12 @@ class Classifier:
         got = tuple(getattr(predictor, "input_shape", expected))
         if got != expected:
             raise ArtifactError(f"the model takes {got} but metadata.json says {expected}")
+        labels = len(metadata.labels)
+        outputs = getattr(predictor, "num_classes", labels)
+        if outputs != labels:
+            raise ArtifactError(
+                f"the model has {outputs} outputs but metadata.json lists {labels} labels"
+            )
         self.metadata = metadata
         self.predictor = predictor
         self.top_k = max(1, min(top_k, len(metadata.labels)))
@@ -84,8 +90,6 @@ class Classifier:
         return self.classify(np.stack([self.decode(data, limits) for data in images]))
 
 
-def load_classifier(
-    directory: Path, runtime: RuntimeName = "auto", top_k: int = 3
-) -> Classifier:
+def load_classifier(directory: Path, runtime: RuntimeName = "auto", top_k: int = 3) -> Classifier:
     """Load an artifact directory into a Classifier."""
     return Classifier(read_metadata(directory), load_predictor(directory, runtime), top_k)

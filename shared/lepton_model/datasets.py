@@ -11,6 +11,7 @@ import hashlib
 import io
 import tarfile
 import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -68,25 +69,46 @@ def iter_directory(root: Path) -> Iterator[tuple[str, bytes]]:
             yield path.relative_to(root).as_posix(), path.read_bytes()
 
 
-def iter_archive(data: bytes, name: str = "") -> Iterator[tuple[str, bytes]]:
+def iter_archive(
+    data: bytes, name: str = "", max_total_bytes: int | None = None
+) -> Iterator[tuple[str, bytes]]:
     """Yield (member path, bytes) of a zip or tar(.gz) archive without extracting it.
 
-    Links, devices and paths that climb out of the archive are skipped.
+    Links, devices and paths that climb out of the archive are skipped. Member sizes are
+    checked against `max_total_bytes` before a member is decompressed (zip bombs).
     """
-    if zipfile.is_zipfile(io.BytesIO(data)):
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            for info in archive.infolist():
-                if not info.is_dir() and _safe_member(info.filename):
-                    yield info.filename, archive.read(info)
-        return
+    total = 0
+
+    def admit(size: int) -> None:
+        nonlocal total
+        total += size
+        if max_total_bytes is not None and total > max_total_bytes:
+            raise DatasetError(f"the dataset is larger than {max_total_bytes} bytes unpacked")
+
     try:
+        if zipfile.is_zipfile(io.BytesIO(data)):
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                for info in archive.infolist():
+                    if not info.is_dir() and _safe_member(info.filename):
+                        admit(info.file_size)
+                        yield info.filename, archive.read(info)
+            return
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
             for member in archive:
                 if member.isreg() and _safe_member(member.name):
+                    admit(member.size)
                     handle = archive.extractfile(member)
                     if handle is not None:
                         yield member.name, handle.read()
-    except (tarfile.TarError, EOFError, OSError) as exc:
+    except (
+        tarfile.TarError,
+        zipfile.BadZipFile,
+        zlib.error,
+        EOFError,
+        OSError,
+        RuntimeError,  # an encrypted zip member
+        NotImplementedError,  # a zip compression method Python lacks
+    ) as exc:
         raise DatasetError(
             f"{name or 'the archive'} is not a readable .zip or .tar.gz archive ({exc})"
         ) from exc
@@ -120,8 +142,10 @@ def labelled_files(
             raise DatasetError(f"the dataset is larger than {limits.max_total_bytes} bytes")
     if not entries:
         raise DatasetError("the dataset holds no files; expected <label>/<image> files")
-    while entries and all(len(p.parts) > 2 for p, _ in entries) and (
-        len({p.parts[0] for p, _ in entries}) == 1
+    while (
+        entries
+        and all(len(p.parts) > 2 for p, _ in entries)
+        and (len({p.parts[0] for p, _ in entries}) == 1)
     ):
         entries = [(PurePosixPath(*p.parts[1:]), d) for p, d in entries]
     loose = [str(p) for p, _ in entries if len(p.parts) < 2]
@@ -190,7 +214,10 @@ def load_archive(
 ) -> Dataset:
     """Load a .zip or .tar(.gz) archive of `<label>/<image>` files, from a path or bytes."""
     data = Path(source).read_bytes() if isinstance(source, (str, Path)) else bytes(source)
-    return from_files(iter_archive(data), preprocessing, **kwargs)
+    limits = kwargs.get("limits", DatasetLimits())
+    return from_files(
+        iter_archive(data, max_total_bytes=limits.max_total_bytes), preprocessing, **kwargs
+    )
 
 
 def from_arrays(

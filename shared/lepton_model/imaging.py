@@ -6,6 +6,7 @@ microseconds, not gigabytes. Every failure is a typed `ImageError`.
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from lepton_model.spec import Preprocessing
 
 # MPO is how Pillow opens many camera JPEGs (JPEG plus a preview frame).
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP", "TIFF"})
+_EXIF_ORIENTATION = 0x0112
 _TEXT_MARKUP_PREFIXES = (b"<?xml", b"<svg", b"<!doctype svg", b"<!DOCTYPE svg")
 
 
@@ -46,11 +48,15 @@ def decode_image(
         image.draft("RGB" if image.mode == "RGB" else image.mode, (target, target))
     try:
         image.load()
-        image = ImageOps.exif_transpose(image)
+        if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+            image = ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise NotAnImageError(f"the image data is truncated or corrupt ({exc})") from exc
-    pixels = _to_channels(image, prep)
-    return _fit(pixels, prep)
+    array = _fit(_to_channels(image, prep), prep)
+    # Polarity is judged on the final array: the same answer from a fraction of the pixels.
+    if prep.background != "keep" and _bright_background(array) == (prep.background == "dark"):
+        np.subtract(255.0, array, out=array)
+    return array
 
 
 def open_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
@@ -89,7 +95,7 @@ def open_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image
 
 
 def _to_channels(image: Image.Image, prep: Preprocessing) -> Image.Image:
-    """Convert any mode to 8-bit L or RGB, compositing alpha and fixing polarity."""
+    """Convert any mode to 8-bit L or RGB, compositing alpha."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         image = _high_depth_to_l(image)
     if image.mode == "P":
@@ -101,11 +107,7 @@ def _to_channels(image: Image.Image, prep: Preprocessing) -> Image.Image:
     elif image.mode not in ("L", "RGB"):
         image = image.convert("RGB")  # CMYK, YCbCr, LAB, HSV
     wanted = "L" if prep.channels == 1 else "RGB"
-    if image.mode != wanted:
-        image = image.convert(wanted)
-    if prep.background != "keep":
-        image = _normalise_polarity(image, dark=prep.background == "dark")
-    return image
+    return image if image.mode == wanted else image.convert(wanted)
 
 
 def _high_depth_to_l(image: Image.Image) -> Image.Image:
@@ -139,19 +141,25 @@ def _composite_alpha(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.rint(flat).astype(np.uint8), mode="RGB")
 
 
+@functools.lru_cache(maxsize=32)
+def _ring_mask(height: int, width: int) -> np.ndarray:
+    mask = np.zeros((height, width), dtype=bool)
+    mask[0, :] = mask[-1, :] = mask[:, 0] = mask[:, -1] = True
+    return mask
+
+
+def _bright_background(array: np.ndarray) -> bool:
+    """True when most of the outermost pixel ring is bright (a median test, done by vote)."""
+    gray = array[..., 0] if array.shape[-1] == 1 else array.mean(axis=-1)
+    ring = gray[_ring_mask(*gray.shape)]
+    return 2 * int(np.count_nonzero(ring > 127.5)) > ring.size
+
+
 def _border_level(array: np.ndarray) -> float:
     """Median brightness of the outermost pixel ring: the image's background estimate."""
-    gray = array if array.ndim == 2 else array.mean(axis=2)
+    gray = array if array.ndim == 2 else array.mean(axis=-1)
     ring = np.concatenate([gray[0, :], gray[-1, :], gray[:, 0], gray[:, -1]])
     return float(np.median(ring))
-
-
-def _normalise_polarity(image: Image.Image, dark: bool) -> Image.Image:
-    array = np.asarray(image)
-    bright_background = _border_level(array) > 127.5
-    if bright_background == dark:
-        return ImageOps.invert(image)
-    return image
 
 
 def _fit(image: Image.Image, prep: Preprocessing) -> np.ndarray:
@@ -165,10 +173,8 @@ def _fit(image: Image.Image, prep: Preprocessing) -> np.ndarray:
         canvas.paste(image, ((canvas_size[0] - width) // 2, (canvas_size[1] - height) // 2))
         image = canvas
     if image.size != (prep.width, prep.height):
-        image = image.resize(
-            (prep.width, prep.height), Image.Resampling.BILINEAR, reducing_gap=3.0
-        )
-    array = np.asarray(image, dtype=np.float32)
+        image = image.resize((prep.width, prep.height), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    array = np.array(image, dtype=np.float32)  # a writable copy
     if array.ndim == 2:
         array = array[..., np.newaxis]
     return array

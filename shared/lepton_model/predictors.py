@@ -11,8 +11,9 @@ from __future__ import annotations
 import importlib.util
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -42,6 +43,16 @@ def tensorflow_available() -> bool:
     )
 
 
+@dataclass(frozen=True)
+class _Slot:
+    """One interpreter sized for one batch size, its lock, and its tensor indices."""
+
+    interpreter: Any
+    lock: threading.Lock
+    input_index: int
+    output_index: int
+
+
 class LiteRTPredictor:
     """A LiteRT interpreter per batch size (a few kept), each used under its own lock.
 
@@ -54,13 +65,13 @@ class LiteRTPredictor:
     def __init__(self, model: Path | bytes, max_interpreters: int = 4) -> None:
         self._content = Path(model).read_bytes() if isinstance(model, (str, Path)) else model
         self._max = max_interpreters
-        self._interpreters: OrderedDict[int, tuple[object, threading.Lock]] = OrderedDict()
+        self._interpreters: OrderedDict[int, _Slot] = OrderedDict()
         self._table_lock = threading.Lock()
-        first, _ = self._interpreter(1)
+        first = self._slot(1).interpreter
         self.input_shape = tuple(int(v) for v in first.get_input_details()[0]["shape"][1:])
         self.num_classes = int(first.get_output_details()[0]["shape"][-1])
 
-    def _new_interpreter(self, batch_size: int) -> object:
+    def _new_interpreter(self, batch_size: int) -> _Slot:
         from ai_edge_litert.interpreter import Interpreter
 
         try:
@@ -72,30 +83,33 @@ class LiteRTPredictor:
             shape = [batch_size, *(int(v) for v in detail["shape"][1:])]
             interpreter.resize_tensor_input(detail["index"], shape, strict=False)
         interpreter.allocate_tensors()
-        return interpreter
+        return _Slot(
+            interpreter,
+            threading.Lock(),
+            int(detail["index"]),
+            int(interpreter.get_output_details()[0]["index"]),
+        )
 
-    def _interpreter(self, batch_size: int) -> tuple[object, threading.Lock]:
+    def _slot(self, batch_size: int) -> _Slot:
         with self._table_lock:
-            entry = self._interpreters.get(batch_size)
-            if entry is not None:
+            slot = self._interpreters.get(batch_size)
+            if slot is not None:
                 self._interpreters.move_to_end(batch_size)
-                return entry
-        entry = (self._new_interpreter(batch_size), threading.Lock())
+                return slot
+        slot = self._new_interpreter(batch_size)
         with self._table_lock:
-            self._interpreters[batch_size] = entry
+            self._interpreters[batch_size] = slot
             while len(self._interpreters) > self._max:
                 self._interpreters.popitem(last=False)
-        return entry
+        return slot
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        interpreter, lock = self._interpreter(int(batch.shape[0]))
-        with lock:
-            input_index = interpreter.get_input_details()[0]["index"]  # type: ignore[attr-defined]
-            output_index = interpreter.get_output_details()[0]["index"]  # type: ignore[attr-defined]
-            interpreter.set_tensor(input_index, batch)  # type: ignore[attr-defined]
-            interpreter.invoke()  # type: ignore[attr-defined]
-            return np.array(interpreter.get_tensor(output_index))  # type: ignore[attr-defined]
+        slot = self._slot(int(batch.shape[0]))
+        with slot.lock:
+            slot.interpreter.set_tensor(slot.input_index, batch)
+            slot.interpreter.invoke()
+            return np.array(slot.interpreter.get_tensor(slot.output_index))
 
 
 class KerasPredictor:

@@ -71,6 +71,17 @@ class ModelSpec:
             raise ValueError("a classifier needs at least 2 classes")
         if not self.filters or any(f < 1 for f in self.filters):
             raise ValueError("filters needs one positive count per conv block")
+        if self.kernel_size < 1 or self.pool_size < 1:
+            raise ValueError("kernel_size and pool_size must be positive")
+        side = min(self.preprocessing.height, self.preprocessing.width)
+        for _ in self.filters:  # each block: a 'valid' convolution, then pooling
+            side = (side - self.kernel_size + 1) // self.pool_size
+        if side < 1:
+            raise ValueError(
+                f"a {self.preprocessing.height}x{self.preprocessing.width} input is too small "
+                f"for {len(self.filters)} conv block(s) of kernel {self.kernel_size} "
+                f"and pool {self.pool_size}"
+            )
         if self.dense_units < 1:
             raise ValueError("dense_units must be positive")
         if not 0.0 <= self.dropout < 1.0:

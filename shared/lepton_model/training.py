@@ -138,9 +138,7 @@ def train(
     )
 
 
-def _augmented(
-    images: np.ndarray, labels: np.ndarray, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _augmented(images: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The training images plus one shifted copy each (up to 1/14 of the side either way).
 
     Cheap translation invariance: user images are rarely centred like the training set.

@@ -1,3 +1,5 @@
-"""lepton_runtime: what the functions share (settings, errors, events, storage, HTTP protocol, server).
+"""lepton_runtime: what the functions share.
 
-Depends on lepton_model, never the reverse."""
+Settings, errors, events, storage, the HTTP protocol and the server; the inference and
+training services. Depends on lepton_model, never the reverse.
+"""

@@ -68,7 +68,9 @@ def check_batch(count: int, limit: int) -> None:
         raise PayloadTooLargeError(f"{count} images in one request; the limit is {limit}")
 
 
-def parse_tfserving(payload: Any, input_shape: Sequence[int], max_batch: int) -> ImagesInput | TensorInput:
+def parse_tfserving(
+    payload: Any, input_shape: Sequence[int], max_batch: int
+) -> ImagesInput | TensorInput:
     """TF-Serving predict JSON: `{"instances": [...]}` (row) or `{"inputs": ...}` (columnar).
 
     Each instance is `{"b64": "..."}` (an encoded image), a numeric array of the model's input
@@ -91,7 +93,9 @@ def parse_tfserving(payload: Any, input_shape: Sequence[int], max_batch: int) ->
     check_batch(len(instances), max_batch)
     instances = [_unwrap_named(item) for item in instances]
     if all(isinstance(item, dict) and "b64" in item for item in instances):
-        return ImagesInput(tuple((str(i), _b64(item["b64"], i)) for i, item in enumerate(instances)))
+        return ImagesInput(
+            tuple((str(i), _b64(item["b64"], i)) for i, item in enumerate(instances))
+        )
     if any(isinstance(item, dict) for item in instances):
         raise BadRequestError('every instance must be {"b64": ...} or a numeric array, not a mix')
     return TensorInput(_tensor(instances, tuple(input_shape)))

@@ -9,11 +9,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote, unquote_plus
+from urllib.parse import quote, unquote, unquote_plus
 
 from cloudevents.abstract import CloudEvent as AnyCloudEvent
 from cloudevents.conversion import to_binary, to_structured
-from cloudevents.http import CloudEvent
+from cloudevents.http import CloudEvent, from_http
 
 from lepton_runtime.events import S3_EVENT_TYPE_PREFIX, event_name
 
@@ -97,6 +97,20 @@ def binary_http(event: AnyCloudEvent) -> tuple[dict[str, str], bytes]:
         for name, value in headers.items()
     }
     return headers, body if isinstance(body, bytes) else str(body).encode()
+
+
+def event_from_http(headers: Mapping[str, str], body: bytes) -> CloudEvent:
+    """Parse a CloudEvent from HTTP (binary, structured or batch-less), decoding the
+    percent-encoded ce-* attribute values of binary mode, which the 1.x SDK leaves encoded."""
+    event = from_http(dict(headers.items()), body)
+    lowered = {name.lower() for name in headers.keys()}  # noqa: SIM118 - werkzeug Headers
+    if "ce-specversion" not in lowered:
+        return event
+    attributes = {
+        name: unquote(value) if isinstance(value, str) and "%" in value else value
+        for name, value in event.get_attributes().items()
+    }
+    return CloudEvent(attributes, event.get_data())
 
 
 def structured_http(event: AnyCloudEvent) -> tuple[dict[str, str], bytes]:

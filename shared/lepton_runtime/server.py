@@ -22,6 +22,7 @@ import parliament.server
 from flask import Flask, Response, request
 from parliament.invocation import Context
 
+from lepton_runtime.emit import event_from_http
 from lepton_runtime.protocol import json_response
 from lepton_runtime.settings import Settings
 
@@ -61,6 +62,20 @@ def build_app(func: Any, settings: Settings) -> Flask:
 
     app.view_functions["readiness"] = readiness
 
+    def handle_post() -> Any:
+        # parliament's own handler runs from_http on every POST and logs a warning when it
+        # fails; a request with neither ce-* headers nor a CloudEvents content type can only
+        # fail, so it goes straight to main(context) with no cloud_event, as it would there.
+        context = Context(request)
+        if _may_hold_cloudevent(request.headers):
+            try:
+                context.cloud_event = event_from_http(request.headers, request.get_data())
+            except Exception:
+                context.cloud_event = None
+        return parliament.server.invoke(func, context)
+
+    app.view_functions["handle_post"] = handle_post
+
     metrics = getattr(service, "metrics", None)
     if metrics is not None:
 
@@ -72,8 +87,12 @@ def build_app(func: Any, settings: Settings) -> Flask:
     def invoke_main() -> Any:
         return parliament.server.invoke(func, Context(request))
 
-    app.add_url_rule("/v1/models/<path:target>", "v1_models", lambda target: invoke_main(),
-                     methods=["GET", "POST"])
+    app.add_url_rule(
+        "/v1/models/<path:target>",
+        "v1_models",
+        lambda target: invoke_main(),
+        methods=["GET", "POST"],
+    )
     return app
 
 
@@ -93,6 +112,14 @@ class _InFlight:
         finally:
             with self._lock:
                 self.count -= 1
+
+
+def _may_hold_cloudevent(headers: Any) -> bool:
+    """What cloudevents' from_http needs: binary mode ce-specversion, or a structured/batch
+    CloudEvents content type."""
+    if "ce-specversion" in headers:
+        return True
+    return headers.get("content-type", "").lower().startswith("application/cloudevents")
 
 
 def load_function(function_dir: Path) -> Any:
@@ -132,8 +159,10 @@ def serve(function_dir: Path, settings: Settings, grace_seconds: float = 30.0) -
     def on_signal(signum: int, _frame: Any) -> None:
         if draining.is_set():
             return
-        log.info("stopping: draining in-flight requests", extra={"signal": signum,
-                                                                  "in_flight": wsgi.count})
+        log.info(
+            "stopping: draining in-flight requests",
+            extra={"signal": signum, "in_flight": wsgi.count},
+        )
         draining.set()
         server.accepting = False  # type: ignore[attr-defined]
         threading.Thread(target=drain, name="drain", daemon=True).start()
@@ -142,8 +171,14 @@ def serve(function_dir: Path, settings: Settings, grace_seconds: float = 30.0) -
     signal.signal(signal.SIGINT, on_signal)
     if service is not None:
         service.start()
-    log.info("serving", extra={"function": Path(function_dir).name, "port": settings.port,
-                               "threads": settings.threads})
+    log.info(
+        "serving",
+        extra={
+            "function": Path(function_dir).name,
+            "port": settings.port,
+            "threads": settings.threads,
+        },
+    )
     try:
         server.run()
     finally:

@@ -145,9 +145,7 @@ class Settings:
             max_image_bytes=reader.int("LEPTON_MAX_IMAGE_BYTES", 20 * 1024 * 1024, minimum=1),
             max_image_pixels=reader.int("LEPTON_MAX_IMAGE_PIXELS", 40_000_000, minimum=1),
             max_batch_images=reader.int("LEPTON_MAX_BATCH_IMAGES", 64, minimum=1),
-            max_dataset_bytes=reader.int(
-                "LEPTON_MAX_DATASET_BYTES", 512 * 1024 * 1024, minimum=1
-            ),
+            max_dataset_bytes=reader.int("LEPTON_MAX_DATASET_BYTES", 512 * 1024 * 1024, minimum=1),
             min_accuracy=reader.float("LEPTON_MIN_ACCURACY", 0.9, minimum=0.0, maximum=1.0),
             gate_tolerance=reader.float("LEPTON_GATE_TOLERANCE", 0.02, minimum=0.0, maximum=1.0),
             event_source=reader.str("LEPTON_EVENT_SOURCE", ""),

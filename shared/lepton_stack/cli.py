@@ -1,14 +1,14 @@
 """The `lepton` command: run the local stack and talk to it.
 
-  lepton up [--detach]        start the whole pipeline (foreground, Ctrl-C stops it)
-  lepton down                 stop a detached stack
-  lepton status               parts, model versions, queue depths, dead letters
-  lepton env                  `export NAME=value` lines for a function container / your shell
-  lepton serve infer|train    run one function server on $PORT, as its container does
-  lepton predict FILE...      classify files over HTTP
-  lepton put FILE... [--wait] upload images, show results as they land
-  lepton train DIR            archive a <label>/<image> folder, upload it, follow the training
-  lepton logs [PART] [-f]     show a part's log
+lepton up [--detach]        start the whole pipeline (foreground, Ctrl-C stops it)
+lepton down                 stop a detached stack
+lepton status               parts, model versions, queue depths, dead letters
+lepton env                  `export NAME=value` lines for a function container / your shell
+lepton serve infer|train    run one function server on $PORT, as its container does
+lepton predict FILE...      classify files over HTTP
+lepton put FILE... [--wait] upload images, show results as they land
+lepton train DIR            archive a <label>/<image> folder, upload it, follow the training
+lepton logs [PART] [-f]     show a part's log
 """
 
 from __future__ import annotations
@@ -91,9 +91,19 @@ def _up_detached(args: argparse.Namespace, layout: StackLayout) -> int:
         layout.state_file.unlink()
     log = (layout.logs / "stack.log").open("ab")
     child = subprocess.Popen(
-        [sys.executable, "-m", "lepton_stack.cli", "--state-dir", str(layout.root), "up",
-         "--quiet"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "lepton_stack.cli",
+            "--state-dir",
+            str(layout.root),
+            "up",
+            "--quiet",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.monotonic() + args.timeout
     print("Starting the Lepton functions stack in the background ...", flush=True)
@@ -173,11 +183,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_job(args: argparse.Namespace) -> int:
+    from lepton_runtime.errors import ConfigurationError
+    from lepton_runtime.logs import configure
+    from lepton_runtime.settings import Settings
+    from lepton_runtime.storage import Storage
+    from lepton_runtime.training.job import run_job
+    from lepton_runtime.training.service import TrainingService
+
+    try:
+        settings = Settings.from_env()
+    except ConfigurationError as exc:
+        return _fail(f"configuration error: {exc}", 2)
+    configure(settings.log_level)
+    return run_job(
+        TrainingService(settings, Storage.from_settings(settings)), Path(args.event_file)
+    )
+
+
 def _function_dir(role: str) -> Path:
     from lepton_stack.stack import repo_root
 
-    candidates = [Path(os.environ.get("LEPTON_FUNCTIONS_DIR", "functions")) / role,
-                  repo_root() / "functions" / role]
+    candidates = [
+        Path(os.environ.get("LEPTON_FUNCTIONS_DIR", "functions")) / role,
+        repo_root() / "functions" / role,
+    ]
     return next((c for c in candidates if (c / "func.py").exists()), candidates[-1])
 
 
@@ -203,8 +233,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
             continue
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         try:
-            response = requests.post(url + "/", data=path.read_bytes(),
-                                     headers={"Content-Type": content_type}, timeout=30)
+            response = requests.post(
+                url + "/",
+                data=path.read_bytes(),
+                headers={"Content-Type": content_type},
+                timeout=30,
+            )
         except requests.RequestException as exc:
             return _fail(f"cannot reach the inference function at {url}: {exc}")
         body = response.json() if response.content else {}
@@ -212,12 +246,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(json.dumps({"file": str(path), "status": response.status_code, **body}))
         elif response.ok:
             best = body["predictions"][0]
-            print(f"{path}: {best['label']} ({best['confidence']:.1%})  "
-                  f"model {body['model']['name']}@{body['model']['version']}")
+            print(
+                f"{path}: {best['label']} ({best['confidence']:.1%})  "
+                f"model {body['model']['name']}@{body['model']['version']}"
+            )
         else:
             error = body.get("error", {})
-            print(f"{path}: error {response.status_code} {error.get('code')}: "
-                  f"{error.get('message')}")
+            print(
+                f"{path}: error {response.status_code} {error.get('code')}: {error.get('message')}"
+            )
             status = 1
     return status
 
@@ -227,8 +264,11 @@ def _s3(state: dict[str, Any]) -> Any:
     from botocore.config import Config
 
     return boto3.client(
-        "s3", endpoint_url=state["s3_endpoint"], region_name=state["region"],
-        aws_access_key_id=state["access_key"], aws_secret_access_key=state["secret_key"],
+        "s3",
+        endpoint_url=state["s3_endpoint"],
+        region_name=state["region"],
+        aws_access_key_id=state["access_key"],
+        aws_secret_access_key=state["secret_key"],
         config=Config(s3={"addressing_style": "path"}),
     )
 
@@ -245,23 +285,29 @@ def cmd_put(args: argparse.Namespace) -> int:
         if not path.is_file():
             return _fail(f"{path}: no such file")
         key = f"{args.prefix.rstrip('/')}/{path.name}"
-        s3.put_object(Bucket=uploads, Key=key, Body=path.read_bytes(),
-                      ContentType=mimetypes.guess_type(path.name)[0] or "application/octet-stream")
-        keys.append(key)
+        etag = s3.put_object(
+            Bucket=uploads,
+            Key=key,
+            Body=path.read_bytes(),
+            ContentType=mimetypes.guess_type(path.name)[0] or "application/octet-stream",
+        )["ETag"].strip('"')
+        keys.append((key, etag))
         if not args.wait:
             print(f"uploaded s3://{uploads}/{key}")
     if not args.wait:
         return 0
-    pending = dict.fromkeys(keys)
+    pending = dict(keys)
     deadline = time.monotonic() + args.timeout
     with tqdm(total=len(keys), desc="results", unit="img", file=sys.stderr) as bar:
         while pending and time.monotonic() < deadline:
-            for key in list(pending):
+            for key, etag in list(pending.items()):
                 try:
                     body = s3.get_object(Bucket=results, Key=f"{key}.json")["Body"].read()
                 except s3.exceptions.NoSuchKey:
                     continue
                 result = json.loads(body)
+                if result.get("source", {}).get("etag") != etag:
+                    continue  # the result of an earlier upload to the same key
                 del pending[key]
                 bar.update(1)
                 if "error" in result:
@@ -273,8 +319,10 @@ def cmd_put(args: argparse.Namespace) -> int:
             if pending:
                 time.sleep(0.2)
     if pending:
-        return _fail(f"{len(pending)} result(s) did not land in {args.timeout:.0f} s: "
-                     f"check `lepton status` and `lepton logs`")
+        return _fail(
+            f"{len(pending)} result(s) did not land in {args.timeout:.0f} s: "
+            f"check `lepton status` and `lepton logs`"
+        )
     return 0
 
 
@@ -295,13 +343,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     folder = Path(args.folder)
     if not folder.is_dir():
         return _fail(f"{folder} is not a folder of <label>/<image> files")
-    name = args.name or folder.resolve().name
+    name = args.name or state["model"]
     s3 = _s3(state)
     data = _archive_folder(folder)
     key = f"datasets/{name}.zip"
     started = time.time()
-    s3.put_object(Bucket=state["buckets"]["uploads"], Key=key, Body=data,
-                  ContentType="application/zip")
+    s3.put_object(
+        Bucket=state["buckets"]["uploads"], Key=key, Body=data, ContentType="application/zip"
+    )
     print(f"uploaded {len(data)} bytes to s3://{state['buckets']['uploads']}/{key}; training ...")
     log_path = Path(state["parts"]["train"]["log"])
     offset = log_path.stat().st_size if log_path.exists() else 0
@@ -322,9 +371,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                 elif entry.get("message") in ("model published", "model stored, not promoted"):
                     bar.close()
                     live = entry["message"] == "model published"
-                    print(f"{name} version {entry.get('version')}: validation accuracy "
-                          f"{entry.get('val_accuracy', 0):.2%}; "
-                          + ("now live." if live else f"not promoted ({entry.get('reason')})."))
+                    print(
+                        f"{name} version {entry.get('version')}: validation accuracy "
+                        f"{entry.get('val_accuracy', 0):.2%}; "
+                        + ("now live." if live else f"not promoted ({entry.get('reason')}).")
+                    )
                     return 0
             try:
                 router = requests.get(state["router"] + "/status", timeout=2).json()
@@ -369,9 +420,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     s3 = _s3(state)
     models_bucket, model = state["buckets"]["models"], state["model"]
     try:
-        live = json.loads(s3.get_object(Bucket=models_bucket,
-                                        Key=f"{model}/latest.json")["Body"].read())["version"]
-    except Exception:  # noqa: BLE001 - shown as "none" whatever the reason
+        live = json.loads(
+            s3.get_object(Bucket=models_bucket, Key=f"{model}/latest.json")["Body"].read()
+        )["version"]
+    except Exception:
         live = None
     print(f"models (s3://{models_bucket}/{model}/):")
     paginator = s3.get_paginator("list_objects_v2")
@@ -381,29 +433,36 @@ def cmd_status(args: argparse.Namespace) -> int:
             if version == "runs":
                 continue
             try:
-                meta = json.loads(s3.get_object(Bucket=models_bucket,
-                                                Key=f"{prefix['Prefix']}metadata.json")["Body"]
-                                  .read())
+                meta = json.loads(
+                    s3.get_object(Bucket=models_bucket, Key=f"{prefix['Prefix']}metadata.json")[
+                        "Body"
+                    ].read()
+                )
                 accuracy = f"val_accuracy {meta['metrics']['val_accuracy']:.2%}"
-            except Exception:  # noqa: BLE001
+            except Exception:
                 accuracy = "(incomplete)"
             marker = "  <- live" if version == live else ""
             print(f"  {version}  {accuracy}{marker}")
     sqs = _sqs(state)
     for label, url in state.get("queues", {}).items():
         attrs = sqs.get_queue_attributes(
-            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages",
-                                          "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
-        print(f"queue {label.replace('_url', ''):<6} waiting {attrs['ApproximateNumberOfMessages']}"
-              f"  in flight {attrs['ApproximateNumberOfMessagesNotVisible']}")
+            QueueUrl=url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        print(
+            f"queue {label.replace('_url', ''):<6} waiting {attrs['ApproximateNumberOfMessages']}"
+            f"  in flight {attrs['ApproximateNumberOfMessagesNotVisible']}"
+        )
     dead = sorted(Path(state["dead_letters"]).glob("*.json"))
     print(f"dead letters: {len(dead)} in {state['dead_letters']}")
     for path in dead[-5:]:
         print(f"  {path.name}")
     try:
         router = requests.get(state["router"] + "/status", timeout=2).json()
-        print(f"router: received {router['received']}, delivered {router['delivered']}, "
-              f"retries {router['retries']}, dead-lettered {router['dead_letters']}")
+        print(
+            f"router: received {router['received']}, delivered {router['delivered']}, "
+            f"retries {router['retries']}, dead-lettered {router['dead_letters']}"
+        )
     except requests.RequestException:
         print("router: not answering")
     return 0
@@ -413,8 +472,11 @@ def _sqs(state: dict[str, Any]) -> Any:
     import boto3
 
     return boto3.client(
-        "sqs", endpoint_url=state["s3_endpoint"], region_name=state["region"],
-        aws_access_key_id=state["access_key"], aws_secret_access_key=state["secret_key"],
+        "sqs",
+        endpoint_url=state["s3_endpoint"],
+        region_name=state["region"],
+        aws_access_key_id=state["access_key"],
+        aws_secret_access_key=state["secret_key"],
     )
 
 
@@ -427,23 +489,29 @@ def cmd_logs(args: argparse.Namespace) -> int:
     paths = [logs / f"{name}.log" for name in names]
     missing = [p for p in paths if not p.exists()]
     if missing:
-        return _fail(f"no log {missing[0].name}; parts: "
-                     f"{', '.join(sorted(p.stem for p in logs.glob('*.log')))}")
+        return _fail(
+            f"no log {missing[0].name}; parts: "
+            f"{', '.join(sorted(p.stem for p in logs.glob('*.log')))}"
+        )
     if args.follow:
         os.execvp("tail", ["tail", "-n", str(args.lines), "-F", *map(str, paths)])
     for path in paths:
         if len(paths) > 1:
             print(f"==> {path} <==")
-        lines = path.read_text(errors="replace").splitlines()[-args.lines:]
+        lines = path.read_text(errors="replace").splitlines()[-args.lines :]
         print("\n".join(lines))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lepton", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--state-dir", default=os.environ.get("LEPTON_STATE_DIR", ".lepton"),
-                        help="where the local stack keeps its state (default .lepton)")
+    parser = argparse.ArgumentParser(
+        prog="lepton", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--state-dir",
+        default=os.environ.get("LEPTON_STATE_DIR", ".lepton"),
+        help="where the local stack keeps its state (default .lepton)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="start the local stack")
@@ -453,7 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop a detached stack").set_defaults(func=cmd_down)
     sub.add_parser("status", help="parts, models, queues, dead letters").set_defaults(
-        func=cmd_status)
+        func=cmd_status
+    )
 
     env = sub.add_parser("env", help="print the function environment for the running stack")
     env.add_argument("role", nargs="?", default="infer", choices=("infer", "train", "shell"))
@@ -463,6 +532,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("role", choices=("infer", "train"))
     serve.add_argument("--function-dir", help="folder holding func.py (default functions/ROLE)")
     serve.set_defaults(func=cmd_serve)
+
+    job = sub.add_parser("train-job", help="train once for the CloudEvent in a file (JobSink)")
+    job.add_argument("--event-file", default="/etc/jobsink-event/event")
+    job.set_defaults(func=cmd_train_job)
 
     predict = sub.add_parser("predict", help="classify image files over HTTP")
     predict.add_argument("files", nargs="+")
@@ -479,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model from a <label>/<image> folder")
     train.add_argument("folder")
-    train.add_argument("--name", help="dataset and model name (default: the folder's name)")
+    train.add_argument("--name", help="dataset and model name (default: the served model)")
     train.add_argument("--timeout", type=float, default=1800)
     train.set_defaults(func=cmd_train)
 

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from cloudevents.conversion import to_binary, to_dict
-from cloudevents.http import CloudEvent, from_http
+from cloudevents.conversion import to_dict
+from cloudevents.http import CloudEvent
 from werkzeug.wrappers import Request, Response
 
+from lepton_runtime.emit import binary_http, event_from_http
 from lepton_stack.triggers import Trigger
 
 log = logging.getLogger("lepton.router")
@@ -112,7 +113,7 @@ class Router:
         """One Trigger's delivery: attempts with backoff, then the dead-letter sink."""
         url = self.resolve(trigger.subscriber)
         delivery = trigger.delivery
-        headers, body = to_binary(event)
+        headers, body = binary_http(event)
         status: int | None = None
         error = ""
         attempts = 0
@@ -140,8 +141,13 @@ class Router:
                 break  # Knative does not retry other 4xx
         log.warning(
             "delivery failed",
-            extra={"trigger": trigger.name, "status": status, "attempts": attempts,
-                   "id": event["id"], "error": error[:300]},
+            extra={
+                "trigger": trigger.name,
+                "status": status,
+                "attempts": attempts,
+                "id": event["id"],
+                "error": error[:300],
+            },
         )
         self._dead_letter(trigger, event, url, status, error)
         return DeliveryResult(trigger.name, status, attempts, dead_lettered=True, error=error)
@@ -153,8 +159,10 @@ class Router:
         with self._lock:
             self.stats.dead_letters[trigger.name] += 1
         if not sink:
-            log.error("event dropped: no dead-letter sink", extra={"trigger": trigger.name,
-                                                                   "id": event["id"]})
+            log.error(
+                "event dropped: no dead-letter sink",
+                extra={"trigger": trigger.name, "id": event["id"]},
+            )
             return
         # The extensions Knative adds to dead-lettered events.
         lettered = CloudEvent(
@@ -168,13 +176,13 @@ class Router:
         )
         target = self.resolve(sink)
         if target.startswith(DEAD_LETTER_DIR_SCHEME):
-            folder = Path(target[len(DEAD_LETTER_DIR_SCHEME):])
+            folder = Path(target[len(DEAD_LETTER_DIR_SCHEME) :])
             folder.mkdir(parents=True, exist_ok=True)
             name = f"{time.strftime('%Y%m%dT%H%M%S')}-{trigger.name}-{uuid.uuid4().hex[:8]}.json"
             record = {"trigger": trigger.name, "event": to_dict(lettered)}
             (folder / name).write_text(json.dumps(record, indent=2, default=str))
             return
-        headers, body = to_binary(lettered)
+        headers, body = binary_http(lettered)
         self._session.post(target, data=body, headers=headers, timeout=30).raise_for_status()
 
     def stop(self) -> None:
@@ -196,21 +204,32 @@ class Router:
         if request.method != "POST":
             return Response(status=405)
         try:
-            event = from_http(dict(request.headers), request.get_data())
+            event = event_from_http(request.headers, request.get_data())
         except Exception as exc:  # the SDK raises several unrelated types for bad input
-            return Response(json.dumps({"error": f"not a CloudEvent: {exc}"}), status=400,
-                            mimetype="application/json")
+            return Response(
+                json.dumps({"error": f"not a CloudEvent: {exc}"}),
+                status=400,
+                mimetype="application/json",
+            )
         try:
             results = self.route(event)
         except KeyError as exc:
-            return Response(json.dumps({"error": str(exc)}), status=500,
-                            mimetype="application/json")
+            return Response(
+                json.dumps({"error": str(exc)}), status=500, mimetype="application/json"
+            )
         except OSError as exc:  # the dead-letter sink failed: let the sender redeliver
-            return Response(json.dumps({"error": f"dead-letter sink failed: {exc}"}), status=503,
-                            mimetype="application/json")
+            return Response(
+                json.dumps({"error": f"dead-letter sink failed: {exc}"}),
+                status=503,
+                mimetype="application/json",
+            )
         body = [
-            {"trigger": r.trigger, "status": r.status, "attempts": r.attempts,
-             "dead_lettered": r.dead_lettered}
+            {
+                "trigger": r.trigger,
+                "status": r.status,
+                "attempts": r.attempts,
+                "dead_lettered": r.dead_lettered,
+            }
             for r in results
         ]
         return Response(json.dumps({"deliveries": body}), status=202, mimetype="application/json")
@@ -236,6 +255,6 @@ def _reply(response: requests.Response) -> CloudEvent | None:
     if not response.content and "ce-id" not in response.headers:
         return None
     try:
-        return from_http(dict(response.headers), response.content)
+        return event_from_http(response.headers, response.content)
     except Exception:  # not a CloudEvent: Knative ignores a plain response body
         return None

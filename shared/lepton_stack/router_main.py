@@ -16,11 +16,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="The development router (a Broker stand-in).")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090)
-    parser.add_argument("--manifests", type=Path, action="append", required=True,
-                        help="knative/ folder or files holding Broker and Trigger objects")
+    parser.add_argument(
+        "--manifests",
+        type=Path,
+        action="append",
+        required=True,
+        help="knative/ folder or files holding Broker and Trigger objects",
+    )
     parser.add_argument("--broker", default=None)
-    parser.add_argument("--subscriber", action="append", default=[],
-                        help="NAME=URL: where a Trigger's subscriber ref is served locally")
+    parser.add_argument(
+        "--subscriber",
+        action="append",
+        default=[],
+        help="NAME=URL: where a Trigger's subscriber ref is served locally",
+    )
     parser.add_argument("--threads", type=int, default=32)
     args = parser.parse_args(argv)
     configure("INFO")
@@ -29,8 +38,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import waitress
 
-    server = waitress.create_server(router, host=args.host, port=args.port,
-                                    threads=args.threads, ident="lepton-router")
+    server = waitress.create_server(
+        router, host=args.host, port=args.port, threads=args.threads, ident="lepton-router"
+    )
 
     def stop(*_: object) -> None:
         router.stop()

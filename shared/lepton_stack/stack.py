@@ -9,6 +9,7 @@ publishes, the inference function loads it.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -56,8 +57,12 @@ def aws_client(layout: StackLayout, service: str) -> Any:
         region_name=REGION,
         aws_access_key_id=ACCESS_KEY,
         aws_secret_access_key=SECRET_KEY,
-        config=Config(s3={"addressing_style": "path"}, retries={"mode": "standard"},
-                      connect_timeout=2, read_timeout=30),
+        config=Config(
+            s3={"addressing_style": "path"},
+            retries={"mode": "standard"},
+            connect_timeout=2,
+            read_timeout=30,
+        ),
     )
 
 
@@ -78,13 +83,12 @@ def provision(layout: StackLayout) -> dict[str, str]:
     s3 = aws_client(layout, "s3")
     sqs = aws_client(layout, "sqs")
     for bucket in (layout.uploads, layout.results, layout.models):
-        try:
+        with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
             s3.create_bucket(Bucket=bucket)
-        except s3.exceptions.BucketAlreadyOwnedByYou:
-            pass
     dlq_url = sqs.create_queue(QueueName=f"{layout.queue}-dlq")["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
-        "Attributes"]["QueueArn"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
     queue_url = sqs.create_queue(
         QueueName=layout.queue,
         Attributes={
@@ -96,7 +100,8 @@ def provision(layout: StackLayout) -> dict[str, str]:
         },
     )["QueueUrl"]
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
-        "Attributes"]["QueueArn"]
+        "Attributes"
+    ]["QueueArn"]
     rules = [
         {
             "Id": f"lepton-{prefix.rstrip('/')}",
@@ -130,9 +135,9 @@ def write_samples(layout: StackLayout, count: int = 10) -> list[Path]:
 
 
 def bundled_dataset_archive() -> bytes:
-    from lepton_model.digits import digit_files
-
     import zipfile
+
+    from lepton_model.digits import digit_files
 
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
@@ -144,8 +149,9 @@ def bundled_dataset_archive() -> bytes:
 class LocalStack:
     """Starts, supervises and stops the parts; `run()` blocks until a signal."""
 
-    def __init__(self, layout: StackLayout, manifests: Path | None = None,
-                 functions: Path | None = None) -> None:
+    def __init__(
+        self, layout: StackLayout, manifests: Path | None = None, functions: Path | None = None
+    ) -> None:
         self.layout = layout
         self.manifests = manifests or repo_root() / "knative" / "base"
         self.functions = functions or repo_root() / "functions"
@@ -161,19 +167,35 @@ class LocalStack:
         logs = layout.logs
         ports = layout.ports
         router_cmd = [
-            python, "-m", "lepton_stack.router_main",
-            "--host", layout.host, "--port", str(ports.router),
-            "--manifests", str(self.manifests),
-            "--subscriber", f"lepton-infer={layout.url(ports.infer)}",
-            "--subscriber", f"lepton-train={layout.url(ports.train)}",
-            "--subscriber", f"lepton-dead-letters=dir:{layout.dead_letters}",
+            python,
+            "-m",
+            "lepton_stack.router_main",
+            "--host",
+            layout.host,
+            "--port",
+            str(ports.router),
+            "--manifests",
+            str(self.manifests),
+            "--subscriber",
+            f"lepton-infer={layout.url(ports.infer)}",
+            "--subscriber",
+            f"lepton-train={layout.url(ports.train)}",
+            "--subscriber",
+            f"lepton-dead-letters=dir:{layout.dead_letters}",
         ]
 
         def serve(role: str) -> Part:
             return Part(
                 role,
-                [python, "-m", "lepton_stack.cli", "serve", role,
-                 "--function-dir", str(self.functions / role)],
+                [
+                    python,
+                    "-m",
+                    "lepton_stack.cli",
+                    "serve",
+                    role,
+                    "--function-dir",
+                    str(self.functions / role),
+                ],
                 layout.function_env(role),
                 f"{layout.url(getattr(ports, role))}/health/liveness",
                 logs / f"{role}.log",
@@ -182,18 +204,30 @@ class LocalStack:
         return [
             serve("infer"),
             serve("train"),
-            Part("router", router_cmd, {}, f"{layout.url(ports.router)}/health",
-                 logs / "router.log"),
-            Part("source", [python, "-m", "lepton_runtime.source"],
-                 layout.function_env("source", self.queues["queue_url"]), None,
-                 logs / "source.log"),
+            Part(
+                "router", router_cmd, {}, f"{layout.url(ports.router)}/health", logs / "router.log"
+            ),
+            Part(
+                "source",
+                [python, "-m", "lepton_runtime.source"],
+                layout.function_env("source", self.queues["queue_url"]),
+                None,
+                logs / "source.log",
+            ),
         ]
 
     def _moto(self) -> Part:
         return Part(
             "s3",
-            [sys.executable, "-m", "moto.server", "-H", self.layout.host,
-             "-p", str(self.layout.ports.s3)],
+            [
+                sys.executable,
+                "-m",
+                "moto.server",
+                "-H",
+                self.layout.host,
+                "-p",
+                str(self.layout.ports.s3),
+            ],
             {},
             f"{self.layout.s3_endpoint}/moto-api/",
             self.layout.logs / "s3.log",
@@ -208,8 +242,9 @@ class LocalStack:
         except RuntimeError:
             state = {}
         if pid_alive(state.get("pid")) and state.get("pid") != os.getpid():
-            raise StackError(f"a stack is already running (pid {state['pid']}); "
-                             "stop it with `lepton down`")
+            raise StackError(
+                f"a stack is already running (pid {state['pid']}); stop it with `lepton down`"
+            )
         ports = self.layout.ports
         for name in ("s3", "router", "infer", "train", "webhook"):
             port = getattr(ports, name)
@@ -228,8 +263,10 @@ class LocalStack:
         moto.wait_healthy(30)
         progress(f"S3 + SQS endpoint (moto) on {self.layout.s3_endpoint}")
         self.queues = provision(self.layout)
-        progress(f"buckets {self.layout.uploads}, {self.layout.results}, {self.layout.models}; "
-                 "notifications -> SQS (with a dead-letter queue)")
+        progress(
+            f"buckets {self.layout.uploads}, {self.layout.results}, {self.layout.models}; "
+            "notifications -> SQS (with a dead-letter queue)"
+        )
         parts = self._parts()
         for part in parts:
             part.start()
@@ -248,11 +285,16 @@ class LocalStack:
         try:
             s3.head_object(Bucket=self.layout.models, Key=pointer)
         except s3.exceptions.ClientError:
-            progress("training the first model from the bundled digits "
-                     f"(s3://{self.layout.uploads}/datasets/{self.layout.model}.zip) ...")
-            s3.put_object(Bucket=self.layout.uploads,
-                          Key=f"datasets/{self.layout.model}.zip",
-                          Body=bundled_dataset_archive(), ContentType="application/zip")
+            progress(
+                "training the first model from the bundled digits "
+                f"(s3://{self.layout.uploads}/datasets/{self.layout.model}.zip) ..."
+            )
+            s3.put_object(
+                Bucket=self.layout.uploads,
+                Key=f"datasets/{self.layout.model}.zip",
+                Body=bundled_dataset_archive(),
+                ContentType="application/zip",
+            )
         deadline = time.monotonic() + timeout
         url = f"{self.layout.url(self.layout.ports.infer)}/v1/models/{self.layout.model}"
         while time.monotonic() < deadline:
@@ -277,16 +319,21 @@ class LocalStack:
             "secret_key": SECRET_KEY,
             "model": layout.model,
             "model_version": self.model_version,
-            "buckets": {"uploads": layout.uploads, "results": layout.results,
-                        "models": layout.models},
+            "buckets": {
+                "uploads": layout.uploads,
+                "results": layout.results,
+                "models": layout.models,
+            },
             "functions": {"infer": layout.url(ports.infer), "train": layout.url(ports.train)},
             "router": layout.url(ports.router),
             "webhook": layout.url(ports.webhook),
             "queues": self.queues,
             "dead_letters": str(layout.dead_letters),
             "logs": str(layout.logs),
-            "parts": {p.name: {"pid": p.pid, "restarts": p.restarts, "log": str(p.log_file)}
-                      for p in parts},
+            "parts": {
+                p.name: {"pid": p.pid, "restarts": p.restarts, "log": str(p.log_file)}
+                for p in parts
+            },
         }
 
     def _save(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -22,10 +23,8 @@ _PR_SET_PDEATHSIG = 1
 
 def _die_with_parent() -> None:
     """In the child: get SIGTERM if the supervisor dies, even by kill -9 (Linux)."""
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 @dataclass
@@ -81,13 +80,12 @@ class Part:
             if self.healthy():
                 return
             if not self.alive():
-                raise RuntimeError(
-                    f"{self.name} exited with code {self.process.returncode if self.process else '?'}"
-                    f"; see {self.log_file}"
-                )
+                code = self.process.returncode if self.process else "?"
+                raise RuntimeError(f"{self.name} exited with code {code}; see {self.log_file}")
             time.sleep(0.1)
-        raise RuntimeError(f"{self.name} did not become healthy in {timeout:.0f} s; see "
-                           f"{self.log_file}")
+        raise RuntimeError(
+            f"{self.name} did not become healthy in {timeout:.0f} s; see {self.log_file}"
+        )
 
     def stop(self, grace: float = 10.0) -> None:
         if not self.alive():
@@ -121,8 +119,10 @@ class Supervisor:
                 code = part.process.returncode if part.process else None
                 uptime = time.monotonic() - part.started_at
                 part._backoff = 0.5 if uptime > 30 else min(part._backoff * 2, 10.0)
-                log.warning("part exited; restarting",
-                            extra={"part": part.name, "code": code, "in": part._backoff})
+                log.warning(
+                    "part exited; restarting",
+                    extra={"part": part.name, "code": code, "in": part._backoff},
+                )
                 if self._stop.wait(part._backoff):
                     return
                 part.restarts += 1

@@ -40,12 +40,16 @@ class Delivery:
         return self.backoff_delay * (2 ** (retry_number - 1))
 
     def merged_over(self, default: Delivery | None) -> Delivery:
-        return self if default is None else Delivery(
-            retry=self.retry,
-            backoff_policy=self.backoff_policy,
-            backoff_delay=self.backoff_delay,
-            timeout=self.timeout if self.timeout is not None else default.timeout,
-            dead_letter_sink=self.dead_letter_sink or default.dead_letter_sink,
+        return (
+            self
+            if default is None
+            else Delivery(
+                retry=self.retry,
+                backoff_policy=self.backoff_policy,
+                backoff_delay=self.backoff_delay,
+                timeout=self.timeout if self.timeout is not None else default.timeout,
+                dead_letter_sink=self.dead_letter_sink or default.dead_letter_sink,
+            )
         )
 
 
@@ -162,7 +166,8 @@ def load_triggers(paths: Iterable[Path], broker: str | None = None) -> list[Trig
     documents = read_manifests(paths)
     brokers = {
         d["metadata"]["name"]: parse_delivery((d.get("spec") or {}).get("delivery"))
-        for d in documents if d.get("kind") == "Broker"
+        for d in documents
+        if d.get("kind") == "Broker"
     }
     triggers: list[Trigger] = []
     for doc in documents:

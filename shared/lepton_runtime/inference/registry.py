@@ -19,7 +19,7 @@ from pathlib import Path
 
 from lepton_model.artifacts import KERAS_FILE, METADATA_FILE, TFLITE_FILE
 from lepton_model.classifier import Classifier, load_classifier
-from lepton_model.errors import LeptonModelError
+from lepton_model.errors import ArtifactError, LeptonModelError
 from lepton_model.predictors import litert_available
 from lepton_runtime.errors import LeptonError, ModelNotReadyError, StorageError
 from lepton_runtime.metrics import FunctionMetrics
@@ -61,7 +61,9 @@ class ModelRegistry:
         self._settings = settings
         self._storage = storage
         self._metrics = metrics
-        self._loader = loader or (lambda path, runtime, top_k: load_classifier(path, runtime, top_k))  # type: ignore[arg-type]
+        self._loader = loader or (
+            lambda path, runtime, top_k: load_classifier(path, runtime, top_k)
+        )  # type: ignore[arg-type]
         self._current: Classifier | None = None
         self._load_lock = threading.Lock()
         self._stop = threading.Event()
@@ -119,9 +121,12 @@ class ModelRegistry:
                 )
             log.info(
                 "model live",
-                extra={"model": classifier.name, "version": version,
-                       "runtime": classifier.predictor.runtime,
-                       "previous": current.version if current else None},
+                extra={
+                    "model": classifier.name,
+                    "version": version,
+                    "runtime": classifier.predictor.runtime,
+                    "previous": current.version if current else None,
+                },
             )
             return True
         except (LeptonError, LeptonModelError, OSError) as exc:
@@ -134,7 +139,13 @@ class ModelRegistry:
 
     def _load(self, version: str) -> Classifier:
         directory = self._fetch(version)
-        return self._loader(directory, self._settings.runtime, self._settings.top_k)
+        classifier = self._loader(directory, self._settings.runtime, self._settings.top_k)
+        if classifier.version != version:
+            raise ArtifactError(
+                f"{self._settings.model_name}/{version}/metadata.json names version "
+                f"{classifier.version!r}: the version was published incompletely or by hand"
+            )
+        return classifier
 
     def _fetch(self, version: str) -> Path:
         """Download a version's files into the local cache (once) and return its folder."""

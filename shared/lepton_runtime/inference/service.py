@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +37,14 @@ from lepton_runtime.errors import (
     StorageError,
     UnsupportedMediaTypeError,
 )
-from lepton_runtime.events import InboundEvent, ObjectRef, authorize, looks_like_event, parse_cloudevent, parse_json
+from lepton_runtime.events import (
+    InboundEvent,
+    ObjectRef,
+    authorize,
+    looks_like_event,
+    parse_cloudevent,
+    parse_json,
+)
 from lepton_runtime.inference.registry import ModelRegistry
 from lepton_runtime.metrics import FunctionMetrics
 from lepton_runtime.protocol import (
@@ -106,16 +114,8 @@ class InferenceService:
         request: Request = context.request
         kind = "other"
         try:
-            if request.path.startswith(_V1_PREFIX):
-                kind = "tfserving"
-                response = self._v1(request)
-            elif request.method != "POST":
-                response = self._describe()
-            elif getattr(context, "cloud_event", None) is not None:
-                kind = "event"
-                response = self._event(parse_cloudevent(context.cloud_event))
-            else:
-                kind, response = self._post(request)
+            kind, work = self._route(request, getattr(context, "cloud_event", None))
+            response = work()
         except Exception as exc:  # the one place errors become responses
             if not isinstance(exc, (LeptonError, LeptonModelError)):
                 log.exception("unexpected error", extra={"path": request.path})
@@ -125,20 +125,27 @@ class InferenceService:
 
     # --- routes -------------------------------------------------------------------------------
 
-    def _post(self, request: Request) -> tuple[str, Response]:
+    def _route(self, request: Request, cloud_event: Any) -> tuple[str, Callable[[], Response]]:
+        """Which kind of request this is (for metrics) and the work that answers it."""
+        if request.path.startswith(_V1_PREFIX):
+            return "tfserving", lambda: self._v1(request)
+        if request.method != "POST":
+            return "other", self._describe
+        if cloud_event is not None:
+            return "event", lambda: self._event(parse_cloudevent(cloud_event))
         mtype = codecs.media_type(request.content_type)
         if mtype == "multipart/form-data":
-            return "multipart", self._answer_images(self._multipart(request))
+            return "multipart", lambda: self._answer_images(self._multipart(request))
         body = self._body(request)
         if mtype.startswith("image/") or mtype == "application/octet-stream":
-            return "image", self._answer_images([("body", body)])
+            return "image", lambda: self._answer_images([("body", body)])
         if codecs.is_json_type(mtype) or (not mtype and body.lstrip()[:1] in (b"{", b"[")):
             payload = self._json(body)
             if looks_like_event(payload):
-                return "event", self._event(parse_json(payload))
-            return "tfserving", self._tfserving(payload)
+                return "event", lambda: self._event(parse_json(payload))
+            return "tfserving", lambda: self._tfserving(payload)
         if mtype in ("", "application/x-www-form-urlencoded") and codecs.looks_like_image(body):
-            return "image", self._answer_images([("body", body)])  # curl --data-binary @x.png
+            return "image", lambda: self._answer_images([("body", body)])  # curl --data-binary
         if not body:
             raise BadRequestError("the request body is empty; send an image or JSON")
         raise UnsupportedMediaTypeError(
@@ -148,10 +155,12 @@ class InferenceService:
 
     def _v1(self, request: Request) -> Response:
         """TF-Serving / KServe V1: GET /v1/models/<name>, POST /v1/models/<name>:predict."""
-        rest = request.path[len(_V1_PREFIX):]
+        rest = request.path[len(_V1_PREFIX) :]
         name, _, verb = rest.partition(":")
         if name != self.settings.model_name:
-            raise NotFoundError(f"model {name!r} is not served here; try {self.settings.model_name!r}")
+            raise NotFoundError(
+                f"model {name!r} is not served here; try {self.settings.model_name!r}"
+            )
         if request.method == "GET" and not verb:
             return self._model_status()
         if request.method == "POST" and verb == "predict":
@@ -182,8 +191,10 @@ class InferenceService:
                     {
                         "version": version,
                         "state": "AVAILABLE" if ready else "LOADING",
-                        "status": {"error_code": "OK" if ready else "UNAVAILABLE",
-                                   "error_message": "" if ready else self.registry.last_error},
+                        "status": {
+                            "error_code": "OK" if ready else "UNAVAILABLE",
+                            "error_message": "" if ready else self.registry.last_error,
+                        },
                     }
                 ],
                 "labels": list(classifier.metadata.labels) if classifier else [],
@@ -322,8 +333,9 @@ class InferenceService:
         bucket = self.settings.results.bucket
         entries = []
         for outcome in outcomes:
-            entry = dict(outcome.result or {"source": {"bucket": outcome.ref.bucket,
-                                                       "key": outcome.ref.key}})
+            entry = dict(
+                outcome.result or {"source": {"bucket": outcome.ref.bucket, "key": outcome.ref.key}}
+            )
             if outcome.error and "error" not in entry:
                 entry["error"] = outcome.error
             if outcome.result_key:
@@ -331,10 +343,14 @@ class InferenceService:
             entry["duplicate"] = outcome.duplicate
             entries.append(entry)
         failed = [e for e in entries if "error" in e]
-        data: dict[str, Any] = dict(entries[0]) if len(entries) == 1 else {
-            "model": codecs.model_info(classifier.name, classifier.version),
-            "predictions": [p for e in entries for p in e.get("predictions", [])],
-        }
+        data: dict[str, Any] = (
+            dict(entries[0])
+            if len(entries) == 1
+            else {
+                "model": codecs.model_info(classifier.name, classifier.version),
+                "predictions": [p for e in entries for p in e.get("predictions", [])],
+            }
+        )
         data["results"] = entries
         event_type = INFERENCE_FAILED if len(failed) == len(entries) else INFERENCE_COMPLETED
         subject = outcomes[0].ref.key if len(outcomes) == 1 else None

@@ -16,8 +16,15 @@ from lepton_runtime.settings import Location
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
 MANIFEST_NAME = "manifest.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-_TRAINING_FIELDS = ("epochs", "batch_size", "validation_split", "learning_rate", "patience", "seed",
-                    "augment")
+_TRAINING_FIELDS = (
+    "epochs",
+    "batch_size",
+    "validation_split",
+    "learning_rate",
+    "patience",
+    "seed",
+    "augment",
+)
 _SPEC_FIELDS = ("filters", "dense_units", "dropout", "kernel_size", "pool_size")
 _PREPROCESSING_FIELDS = ("channels", "background", "fit")
 
@@ -70,7 +77,7 @@ def dataset_source_for_key(datasets: Location, bucket: str, key: str) -> Dataset
     (the individual images of a folder dataset: only its manifest.json does)."""
     if not datasets.contains(bucket, key):
         return None
-    rest = key[len(datasets.prefix):]
+    rest = key[len(datasets.prefix) :]
     lowered = rest.lower()
     if "/" not in rest:
         for suffix in ARCHIVE_SUFFIXES:
@@ -84,14 +91,17 @@ def dataset_source_for_key(datasets: Location, bucket: str, key: str) -> Dataset
 
 
 def parse_options(
-    options: dict[str, Any], default_model: str, source: DatasetSource,
+    options: dict[str, Any],
+    default_model: str,
+    source: DatasetSource,
     arrays: dict[str, Any] | None = None,
 ) -> TrainingRequest:
     """Build a TrainingRequest from JSON options (a manifest or an HTTP body)."""
     if not isinstance(options, dict):
         raise BadRequestError("training options must be a JSON object")
-    model_name = str(options.get("model") or options.get("model_name") or source.name
-                     or default_model)
+    model_name = str(
+        options.get("model") or options.get("model_name") or source.name or default_model
+    )
     if not _NAME.match(model_name):
         raise BadRequestError(
             f"model name {model_name!r} must be letters, digits, '.', '_' or '-' (max 63)"
@@ -122,8 +132,7 @@ def parse_http_request(payload: Any, datasets: Location, default_model: str) -> 
     if "x_train" in payload or "y_train" in payload:
         if "x_train" not in payload or "y_train" not in payload:
             raise BadRequestError("send both x_train and y_train")
-        arrays = {"x": payload["x_train"], "y": payload["y_train"],
-                  "labels": payload.get("labels")}
+        arrays = {"x": payload["x_train"], "y": payload["y_train"], "labels": payload.get("labels")}
         source = DatasetSource("arrays", name="")
         return parse_options(payload, default_model, source, arrays)
     dataset = payload.get("dataset")

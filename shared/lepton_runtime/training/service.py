@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cloudevents.http import CloudEvent
 from flask import Request, Response
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -35,7 +36,14 @@ from lepton_runtime.errors import (
     StorageError,
     TrainingBusyError,
 )
-from lepton_runtime.events import InboundEvent, ObjectRef, authorize, looks_like_event, parse_cloudevent, parse_json
+from lepton_runtime.events import (
+    InboundEvent,
+    ObjectRef,
+    authorize,
+    looks_like_event,
+    parse_cloudevent,
+    parse_json,
+)
 from lepton_runtime.inference.registry import POINTER_FILE
 from lepton_runtime.metrics import FunctionMetrics
 from lepton_runtime.protocol import (
@@ -101,8 +109,13 @@ class TrainingService:
         kind = "other"
         try:
             if request.method != "POST":
-                response = json_response({"function": "train", "busy": self._busy.locked(),
-                                          "usage": "POST an S3 dataset event or training JSON"})
+                response = json_response(
+                    {
+                        "function": "train",
+                        "busy": self._busy.locked(),
+                        "usage": "POST an S3 dataset event or training JSON",
+                    }
+                )
             elif getattr(context, "cloud_event", None) is not None:
                 kind = "event"
                 response = self.handle_event(parse_cloudevent(context.cloud_event))
@@ -127,6 +140,13 @@ class TrainingService:
 
     def handle_event(self, event: InboundEvent) -> Response:
         """Train for each dataset an event names; answer with one reply event."""
+        outcomes = self.run_event(event)
+        if not outcomes:
+            return Response(status=202)  # acknowledged: nothing to train
+        return event_response(self.reply(outcomes[-1]))
+
+    def run_event(self, event: InboundEvent) -> list[TrainingOutcome]:
+        """Every training an event asks for (none for images of a folder dataset)."""
         jobs: list[TrainingRequest] = []
         for ref in event.refs:
             authorize(ref, self.settings, self.role)
@@ -135,11 +155,11 @@ class TrainingService:
                 jobs.append(job)
         if not jobs:
             self.metrics.object_event("ignored", max(1, len(event.refs) + len(event.ignored)))
-            return Response(status=202)
-        outcomes = [self.run(job) for job in jobs]
-        last = outcomes[-1]
-        return event_response(
-            reply_event(last.event_type, self.event_source, last.data, last.data.get("name"))
+        return [self.run(job) for job in jobs]
+
+    def reply(self, outcome: TrainingOutcome) -> CloudEvent:
+        return reply_event(
+            outcome.event_type, self.event_source, outcome.data, outcome.data.get("name")
         )
 
     def _request_for(self, ref: ObjectRef) -> TrainingRequest | None:
@@ -191,30 +211,40 @@ class TrainingService:
             return self._failed(base, exc)
         run_id = hashlib.sha256(f"{dataset.digest}\n{job.options_fingerprint()}".encode())
         run_key = self._run_key(job.model_name, run_id.hexdigest()[:32])
-        previous = self.storage.get_json(self.settings.models.bucket, run_key, 1024 * 1024,
-                                         missing_ok=True)
+        previous = self.storage.get_json(
+            self.settings.models.bucket, run_key, 1024 * 1024, missing_ok=True
+        )
         if isinstance(previous, dict) and previous.get("status") == "done":
-            log.info("duplicate training request: returning the first result",
-                     extra={"model": job.model_name, "version": previous["reply"].get("version")})
+            log.info(
+                "duplicate training request: returning the first result",
+                extra={"model": job.model_name, "version": previous["reply"].get("version")},
+            )
             self.metrics.object_event("duplicate")
             return TrainingOutcome(MODEL_PUBLISHED, {**previous["reply"], "duplicate": True})
-        if isinstance(previous, dict) and previous.get("status") == "running" and (
-            time.time() - float(previous.get("started", 0)) < _STALE_RUN_SECONDS
+        if (
+            isinstance(previous, dict)
+            and previous.get("status") == "running"
+            and (time.time() - float(previous.get("started", 0)) < _STALE_RUN_SECONDS)
         ):
             raise TrainingBusyError(
                 f"the same training is already running (since {previous.get('started_at')})"
             )
         version = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + run_id.hexdigest()[:8]
-        self.storage.put_json(self.settings.models.bucket, run_key,
-                              {"status": "running", "version": version, "started": time.time(),
-                               "started_at": _now()})
+        self.storage.put_json(
+            self.settings.models.bucket,
+            run_key,
+            {"status": "running", "version": version, "started": time.time(), "started_at": _now()},
+        )
         try:
             outcome = self._train_and_publish(job, dataset, version, started)
         except BaseException:
             self.storage.delete(self.settings.models.bucket, run_key)
             raise
-        self.storage.put_json(self.settings.models.bucket, run_key,
-                              {"status": "done", "finished_at": _now(), "reply": outcome.data})
+        self.storage.put_json(
+            self.settings.models.bucket,
+            run_key,
+            {"status": "done", "finished_at": _now(), "reply": outcome.data},
+        )
         return outcome
 
     def _load_dataset(self, job: TrainingRequest) -> ds.Dataset:
@@ -224,8 +254,9 @@ class TrainingService:
             assert job.arrays is not None
             return ds.from_arrays(job.arrays["x"], job.arrays["y"], job.arrays.get("labels"), prep)
         if job.source.kind == "archive":
-            obj = self.storage.get_bytes(job.source.bucket, job.source.key,
-                                         self.settings.max_dataset_bytes)
+            obj = self.storage.get_bytes(
+                job.source.bucket, job.source.key, self.settings.max_dataset_bytes
+            )
             files = ds.iter_archive(obj.data, job.source.key)
         else:
             files = self._folder_files(job.source)
@@ -235,7 +266,7 @@ class TrainingService:
         files: list[tuple[str, bytes]] = []
         total = 0
         for info in self.storage.list_objects(source.bucket, source.prefix):
-            relative = info.key[len(source.prefix):]
+            relative = info.key[len(source.prefix) :]
             if relative == MANIFEST_NAME or info.key.endswith("/"):
                 continue
             total += info.size or 0
@@ -253,32 +284,62 @@ class TrainingService:
         from lepton_model.training import train
 
         name = job.model_name
-        log.info("training started", extra={"model": name, "version": version,
-                                             "images": len(dataset),
-                                             "classes": list(dataset.class_names),
-                                             "digest": dataset.digest})
+        log.info(
+            "training started",
+            extra={
+                "model": name,
+                "version": version,
+                "images": len(dataset),
+                "classes": list(dataset.class_names),
+                "digest": dataset.digest,
+            },
+        )
 
         def on_epoch(epoch: int, logs: dict[str, float]) -> None:
-            log.info("epoch", extra={"model": name, "version": version, "epoch": epoch,
-                                     **{k: round(v, 5) for k, v in logs.items()}})
+            log.info(
+                "epoch",
+                extra={
+                    "model": name,
+                    "version": version,
+                    "epoch": epoch,
+                    **{k: round(v, 5) for k, v in logs.items()},
+                },
+            )
 
         trained = train(dataset, job.spec(len(dataset.class_names)), job.config, on_epoch)
         promoted, reason, live = self._gate(name, trained, dataset)
         location = self.settings.models.key(f"{name}/{version}/")
         with tempfile.TemporaryDirectory(prefix="lepton-train-") as tmp:
             metadata = export_artifact(
-                trained, Path(tmp), name, version, dataset.digest,
+                trained,
+                Path(tmp),
+                name,
+                version,
+                dataset.digest,
                 extra={"promoted": promoted, "gate": reason, "source": job.source.describe()},
             )
-            pointer = {"version": version, "published": _now(),
-                       "val_accuracy": trained.evaluation.accuracy,
-                       "labels": list(trained.class_names)} if promoted else None
+            pointer = (
+                {
+                    "version": version,
+                    "published": _now(),
+                    "val_accuracy": trained.evaluation.accuracy,
+                    "labels": list(trained.class_names),
+                }
+                if promoted
+                else None
+            )
             self.storage.publish(
                 self.settings.models.bucket,
                 location,
-                {path.name: path for path in sorted(Path(tmp).iterdir())
-                 if path.name != METADATA_FILE} | {METADATA_FILE: Path(tmp) / METADATA_FILE},
-                pointer_key=self.settings.models.key(f"{name}/{POINTER_FILE}") if promoted else None,
+                {
+                    path.name: path
+                    for path in sorted(Path(tmp).iterdir())
+                    if path.name != METADATA_FILE
+                }
+                | {METADATA_FILE: Path(tmp) / METADATA_FILE},
+                pointer_key=self.settings.models.key(f"{name}/{POINTER_FILE}")
+                if promoted
+                else None,
                 pointer_body=pointer,
             )
         data = {
@@ -290,15 +351,27 @@ class TrainingService:
             "metrics": {k: metadata.metrics[k] for k in ("val_accuracy", "val_count")}
             | {"per_class_accuracy": metadata.metrics["per_class_accuracy"]},
             "location": {"bucket": self.settings.models.bucket, "prefix": location},
-            "dataset": {"source": job.source.describe(), "digest": dataset.digest,
-                        "images": len(dataset), "classes": list(dataset.class_names)},
-            "training": {"epochs_run": trained.epochs_run,
-                         "seconds": round(time.perf_counter() - started, 2),
-                         "images_per_second": round(trained.images_per_second, 1)},
+            "dataset": {
+                "source": job.source.describe(),
+                "digest": dataset.digest,
+                "images": len(dataset),
+                "classes": list(dataset.class_names),
+            },
+            "training": {
+                "epochs_run": trained.epochs_run,
+                "seconds": round(time.perf_counter() - started, 2),
+                "images_per_second": round(trained.images_per_second, 1),
+            },
         }
-        log.info("model published" if promoted else "model stored, not promoted",
-                 extra={"model": name, "version": version, "reason": reason,
-                        "val_accuracy": trained.evaluation.accuracy})
+        log.info(
+            "model published" if promoted else "model stored, not promoted",
+            extra={
+                "model": name,
+                "version": version,
+                "reason": reason,
+                "val_accuracy": trained.evaluation.accuracy,
+            },
+        )
         self.metrics.object_event("completed")
         return TrainingOutcome(MODEL_PUBLISHED, data)
 
@@ -307,11 +380,20 @@ class TrainingService:
         on this same validation split."""
         accuracy = trained.evaluation.accuracy
         if accuracy < self.settings.min_accuracy:
-            return False, (f"validation accuracy {accuracy:.4f} is below the floor "
-                           f"{self.settings.min_accuracy:.4f}"), None
-        pointer = self.storage.get_json(self.settings.models.bucket,
-                                        self.settings.models.key(f"{name}/{POINTER_FILE}"),
-                                        64 * 1024, missing_ok=True)
+            return (
+                False,
+                (
+                    f"validation accuracy {accuracy:.4f} is below the floor "
+                    f"{self.settings.min_accuracy:.4f}"
+                ),
+                None,
+            )
+        pointer = self.storage.get_json(
+            self.settings.models.bucket,
+            self.settings.models.key(f"{name}/{POINTER_FILE}"),
+            64 * 1024,
+            missing_ok=True,
+        )
         live = str(pointer.get("version")) if isinstance(pointer, dict) else None
         if not live:
             return True, "first version of this model", None
@@ -319,12 +401,19 @@ class TrainingService:
         if live_accuracy is None:
             return True, f"replaces {live} (not comparable on this dataset)", live
         if live_accuracy - accuracy > self.settings.gate_tolerance:
-            return False, (f"validation accuracy {accuracy:.4f} is below the live version "
-                           f"{live} ({live_accuracy:.4f}) on the same data"), live
+            return (
+                False,
+                (
+                    f"validation accuracy {accuracy:.4f} is below the live version "
+                    f"{live} ({live_accuracy:.4f}) on the same data"
+                ),
+                live,
+            )
         return True, f"accuracy {accuracy:.4f} vs live {live} {live_accuracy:.4f}", live
 
-    def _live_accuracy(self, name: str, live: str, trained: Any, dataset: ds.Dataset
-                       ) -> float | None:
+    def _live_accuracy(
+        self, name: str, live: str, trained: Any, dataset: ds.Dataset
+    ) -> float | None:
         """The live model's accuracy on the new model's validation split (same labels only)."""
         from lepton_model.classifier import load_classifier
         from lepton_model.evaluation import evaluate

@@ -1,0 +1,65 @@
+"""One-shot training from an event file: the Knative JobSink contract.
+
+A JobSink runs a Kubernetes Job per event with the event mounted as JSON at
+/etc/jobsink-event/event. `lepton train-job` trains exactly as the training function would,
+sends the reply event to K_SINK when one is bound, and exits with a code a Job's
+podFailurePolicy can act on.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import requests
+from cloudevents.http import from_json
+
+from lepton_runtime.emit import binary_http
+from lepton_runtime.errors import LeptonError
+from lepton_runtime.events import parse_cloudevent
+from lepton_runtime.protocol import is_retryable
+from lepton_runtime.training.service import TrainingService
+
+log = logging.getLogger("lepton.train.job")
+
+JOBSINK_EVENT_FILE = Path("/etc/jobsink-event/event")
+EXIT_OK = 0
+EXIT_RETRY = 1  # transient (storage down): let the Job retry the pod
+EXIT_FAILED = 2  # permanent (bad dataset, bad event): fail the Job, do not retry
+
+
+def run_job(service: TrainingService, event_file: Path = JOBSINK_EVENT_FILE) -> int:
+    """Train for the event in `event_file`; the exit code says whether to retry."""
+    try:
+        event = from_json(event_file.read_bytes())
+    except OSError as exc:
+        log.error("cannot read the event file", extra={"path": str(event_file), "error": str(exc)})
+        return EXIT_FAILED
+    except Exception as exc:  # the SDK raises several unrelated types for bad input
+        log.error("the event file is not a CloudEvent", extra={"error": str(exc)})
+        return EXIT_FAILED
+    try:
+        outcomes = service.run_event(parse_cloudevent(event))
+    except LeptonError as exc:
+        log.error("training job failed", extra={"error": str(exc), "code": exc.code})
+        return EXIT_RETRY if is_retryable(exc) else EXIT_FAILED
+    if not outcomes:
+        log.info("nothing to train for this event", extra={"id": event["id"]})
+        return EXIT_OK
+    for outcome in outcomes:
+        _send(service, outcome)
+    return EXIT_OK if all(o.ok for o in outcomes) else EXIT_FAILED
+
+
+def _send(service: TrainingService, outcome) -> None:  # type: ignore[no-untyped-def]
+    sink = service.settings.sink
+    if not sink:
+        return
+    headers, body = binary_http(service.reply(outcome))
+    try:
+        requests.post(
+            sink, data=body, headers=headers, timeout=service.settings.sink_timeout
+        ).raise_for_status()
+    except requests.RequestException as exc:
+        # The model is published either way; inference replicas also poll latest.json.
+        log.warning("cannot send the reply event", extra={"sink": sink, "error": str(exc)})
