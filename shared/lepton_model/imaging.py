@@ -20,6 +20,10 @@ from lepton_model.spec import Preprocessing
 # MPO is how Pillow opens many camera JPEGs (JPEG plus a preview frame).
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP", "TIFF"})
 _EXIF_ORIENTATION = 0x0112
+# Our own pixel limit is checked right after the header is read; Pillow's warning for images
+# between its soft and hard limits would only be noise (and catching it per call is not
+# thread-safe). Above twice its limit Pillow refuses by itself, which we report as too large.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning, module="PIL.Image")
 _TEXT_MARKUP_PREFIXES = (b"<?xml", b"<svg", b"<!doctype svg", b"<!DOCTYPE svg")
 
 
@@ -71,10 +75,8 @@ def open_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image
     if head.startswith(_TEXT_MARKUP_PREFIXES) or b"<svg" in head:
         raise UnsupportedImageError("SVG and other vector formats are not supported")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=None)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"the image has too many pixels ({exc})") from exc
     except UnidentifiedImageError as exc:
         raise NotAnImageError("the data is not a recognised image") from exc

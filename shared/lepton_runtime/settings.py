@@ -71,6 +71,7 @@ class Settings:
     max_image_pixels: int = 40_000_000
     max_batch_images: int = 64
     max_dataset_bytes: int = 512 * 1024 * 1024
+    train_epochs: int = 30  # when a training request does not say
     min_accuracy: float = 0.9
     gate_tolerance: float = 0.02
     event_source: str = ""
@@ -146,6 +147,7 @@ class Settings:
             max_image_pixels=reader.int("LEPTON_MAX_IMAGE_PIXELS", 40_000_000, minimum=1),
             max_batch_images=reader.int("LEPTON_MAX_BATCH_IMAGES", 64, minimum=1),
             max_dataset_bytes=reader.int("LEPTON_MAX_DATASET_BYTES", 512 * 1024 * 1024, minimum=1),
+            train_epochs=reader.int("LEPTON_TRAIN_EPOCHS", 30, minimum=1, maximum=1000),
             min_accuracy=reader.float("LEPTON_MIN_ACCURACY", 0.9, minimum=0.0, maximum=1.0),
             gate_tolerance=reader.float("LEPTON_GATE_TOLERANCE", 0.02, minimum=0.0, maximum=1.0),
             event_source=reader.str("LEPTON_EVENT_SOURCE", ""),

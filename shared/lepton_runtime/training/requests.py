@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,10 +96,13 @@ def parse_options(
     default_model: str,
     source: DatasetSource,
     arrays: dict[str, Any] | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> TrainingRequest:
-    """Build a TrainingRequest from JSON options (a manifest or an HTTP body)."""
+    """Build a TrainingRequest from JSON options (a manifest or an HTTP body); `defaults`
+    fill what the options leave out (e.g. the deployment's epochs)."""
     if not isinstance(options, dict):
         raise BadRequestError("training options must be a JSON object")
+    options = {**(defaults or {}), **options}
     model_name = str(
         options.get("model") or options.get("model_name") or source.name or default_model
     )
@@ -124,7 +128,12 @@ def parse_options(
     return TrainingRequest(source, model_name, config, spec_options, preprocessing, arrays)
 
 
-def parse_http_request(payload: Any, datasets: Location, default_model: str) -> TrainingRequest:
+def parse_http_request(
+    payload: Any,
+    datasets: Location,
+    default_model: str,
+    defaults: Mapping[str, Any] | None = None,
+) -> TrainingRequest:
     """HTTP JSON: `{"dataset": "s3://bucket/key" | {"bucket", "key"}, ...options}` or the seed
     article's `{"x_train": [...], "y_train": [...], ...options}`."""
     if not isinstance(payload, dict):
@@ -134,7 +143,7 @@ def parse_http_request(payload: Any, datasets: Location, default_model: str) -> 
             raise BadRequestError("send both x_train and y_train")
         arrays = {"x": payload["x_train"], "y": payload["y_train"], "labels": payload.get("labels")}
         source = DatasetSource("arrays", name="")
-        return parse_options(payload, default_model, source, arrays)
+        return parse_options(payload, default_model, source, arrays, defaults)
     dataset = payload.get("dataset")
     if isinstance(dataset, str):
         if dataset.startswith("s3://"):
@@ -155,4 +164,4 @@ def parse_http_request(payload: Any, datasets: Location, default_model: str) -> 
             f"s3://{bucket}/{key} is not a dataset: expected {datasets}<name>.zip, "
             f"<name>.tar.gz or {datasets}<name>/ (with manifest.json)"
         )
-    return parse_options(payload, default_model, source)
+    return parse_options(payload, default_model, source, defaults=defaults)

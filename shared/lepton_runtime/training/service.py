@@ -85,6 +85,7 @@ class TrainingService:
         self.event_source = settings.event_source or f"/lepton/{settings.service or 'train'}"
         self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
         self._busy = threading.Lock()
+        self.defaults = {"epochs": settings.train_epochs}
 
     @classmethod
     def from_env(cls) -> TrainingService:
@@ -127,7 +128,7 @@ class TrainingService:
                 else:
                     kind = "http"
                     train_request = parse_http_request(
-                        payload, self.settings.datasets, self.settings.model_name
+                        payload, self.settings.datasets, self.settings.model_name, self.defaults
                     )
                     outcome = self.run(train_request)
                     response = json_response(outcome.data, 200 if outcome.ok else 422)
@@ -171,7 +172,7 @@ class TrainingService:
             manifest = self.storage.get_json(source.bucket, source.key, _MAX_MANIFEST_BYTES)
             if isinstance(manifest, dict):
                 options = manifest
-        return parse_options(options, self.settings.model_name, source)
+        return parse_options(options, self.settings.model_name, source, defaults=self.defaults)
 
     @staticmethod
     def _json(request: Request) -> Any:
@@ -441,7 +442,10 @@ class TrainingService:
             return evaluate(probabilities, validation.labels, dataset.class_names).accuracy
 
     def _failed(self, base: dict[str, Any], exc: Exception) -> TrainingOutcome:
-        log.warning("training failed", extra={**base, "error": str(exc)})
+        log.warning(
+            "training failed",
+            extra={"model": base["name"], "dataset": base["dataset"], "error": str(exc)},
+        )
         self.metrics.object_event("failed")
         body = error_body(exc)["error"]
         return TrainingOutcome(TRAINING_FAILED, {**base, "error": body, "reason": body["message"]})

@@ -1,0 +1,297 @@
+"""The training function: triggers, validation, the promotion gate, idempotency, publishing."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from lepton_runtime.emit import event_from_http
+from lepton_runtime.errors import StorageUnavailableError
+
+
+def models_of(s3: Any, name: str = "digits") -> list[str]:
+    listing = s3.list_objects_v2(Bucket="lepton-models", Prefix=f"{name}/", Delimiter="/")
+    return sorted(
+        p["Prefix"].split("/")[1]
+        for p in listing.get("CommonPrefixes", [])
+        if p["Prefix"].split("/")[1] != "runs"
+    )
+
+
+def live_version(s3: Any, name: str = "digits") -> str | None:
+    try:
+        body = s3.get_object(Bucket="lepton-models", Key=f"{name}/latest.json")["Body"].read()
+    except s3.exceptions.NoSuchKey:
+        return None
+    return json.loads(body)["version"]
+
+
+def reply(response) -> Any:
+    return event_from_http(response.headers, response.get_data())
+
+
+@pytest.fixture
+def uploaded_archive(s3, digits_zip) -> str:
+    s3.put_object(Bucket="lepton-uploads", Key="datasets/digits.zip", Body=digits_zip)
+    return "datasets/digits.zip"
+
+
+# --- triggers -----------------------------------------------------------------------------------
+
+
+def test_archive_upload_trains_and_publishes_a_live_version(
+    client, s3, record, uploaded_archive
+) -> None:
+    response = client.post("/", json={"Records": [record(uploaded_archive)]})
+    event = reply(response)
+    version = event.data["version"]
+    assert response.status_code == 200
+    assert event["type"] == "ai.lepton.model.published"
+    assert event.data["promoted"] is True
+    assert live_version(s3) == version
+    files = {
+        o["Key"].rsplit("/", 1)[1]
+        for o in s3.list_objects_v2(Bucket="lepton-models", Prefix=f"digits/{version}/")["Contents"]
+    }
+    assert files == {
+        "model.keras",
+        "model.tflite",
+        "metadata.json",
+        "training_curves.png",
+        "confusion_matrix.png",
+    }
+
+
+def test_published_metadata_records_dataset_and_metrics(
+    client, s3, record, uploaded_archive
+) -> None:
+    version = reply(client.post("/", json={"Records": [record(uploaded_archive)]})).data["version"]
+    meta = json.loads(
+        s3.get_object(Bucket="lepton-models", Key=f"digits/{version}/metadata.json")["Body"].read()
+    )
+    assert meta["name"] == "digits" and meta["version"] == version
+    assert meta["labels"] == [str(d) for d in range(10)]
+    assert meta["dataset"]["digest"].startswith("sha256:")
+    assert 0.0 <= meta["metrics"]["val_accuracy"] <= 1.0
+
+
+def test_tar_gz_archive_is_accepted(client, s3, record, digit_files) -> None:
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in digit_files:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    s3.put_object(Bucket="lepton-uploads", Key="datasets/shapes.tar.gz", Body=buffer.getvalue())
+    event = reply(client.post("/", json={"Records": [record("datasets/shapes.tar.gz")]}))
+    assert event.data["name"] == "shapes"  # the model is named after the dataset
+    assert live_version(s3, "shapes") == event.data["version"]
+
+
+def test_folder_dataset_trains_on_its_manifest(client, s3, record, digit_files) -> None:
+    for name, data in digit_files:
+        s3.put_object(Bucket="lepton-uploads", Key=f"datasets/folder/{name}", Body=data)
+    s3.put_object(
+        Bucket="lepton-uploads",
+        Key="datasets/folder/manifest.json",
+        Body=json.dumps({"model": "digits", "epochs": 2}).encode(),
+    )
+    event = reply(client.post("/", json={"Records": [record("datasets/folder/manifest.json")]}))
+    assert event.data["name"] == "digits"
+    assert event.data["dataset"]["images"] == len(digit_files)
+    assert event.data["training"]["epochs_run"] <= 2
+
+
+def test_an_image_of_a_folder_dataset_does_not_start_a_training(
+    client, s3, record, digit_files
+) -> None:
+    name, data = digit_files[0]
+    s3.put_object(Bucket="lepton-uploads", Key=f"datasets/folder/{name}", Body=data)
+    response = client.post("/", json={"Records": [record(f"datasets/folder/{name}")]})
+    assert response.status_code == 202
+    assert models_of(s3) == []
+
+
+def test_http_request_naming_a_dataset_trains(client, s3, uploaded_archive) -> None:
+    response = client.post(
+        "/",
+        json={
+            "dataset": f"s3://lepton-uploads/{uploaded_archive}",
+            "model": "mnistish",
+            "epochs": 2,
+            "batch_size": 16,
+        },
+    )
+    body = response.get_json()
+    assert response.status_code == 200
+    assert body["name"] == "mnistish"
+    assert live_version(s3, "mnistish") == body["version"]
+
+
+def test_seed_article_arrays_are_accepted(client, s3) -> None:
+    x_train = [[[(i + j + k) % 2 for k in range(8)] for j in range(8)] for i in range(20)]
+    y_train = [i % 2 for i in range(20)]
+    response = client.post(
+        "/", json={"x_train": x_train, "y_train": y_train, "model": "seed", "epochs": 1}
+    )
+    assert response.status_code == 200
+    assert response.get_json()["dataset"]["images"] == 20
+
+
+def test_image_size_option_changes_the_model_input(client, s3, uploaded_archive) -> None:
+    body = client.post(
+        "/", json={"dataset": uploaded_archive, "model": "small", "image_size": 16, "epochs": 1}
+    ).get_json()
+    meta = json.loads(
+        s3.get_object(Bucket="lepton-models", Key=f"small/{body['version']}/metadata.json")[
+            "Body"
+        ].read()
+    )
+    assert meta["input_shape"] == [16, 16, 1]
+
+
+def test_http_request_outside_the_datasets_prefix_is_refused(client) -> None:
+    response = client.post("/", json={"dataset": "s3://payroll/salaries.zip"})
+    assert response.status_code == 400
+
+
+# --- validation and failures --------------------------------------------------------------------
+
+
+def test_single_class_dataset_fails_with_a_reason_and_publishes_nothing(
+    client, s3, record, digit_files, make_zip
+) -> None:
+    only_ones = [(n, d) for n, d in digit_files if n.startswith("1/")]
+    s3.put_object(Bucket="lepton-uploads", Key="datasets/ones.zip", Body=make_zip(only_ones))
+    response = client.post("/", json={"Records": [record("datasets/ones.zip")]})
+    event = reply(response)
+    assert response.status_code == 200
+    assert event["type"] == "ai.lepton.training.failed"
+    assert "at least 2 needed" in event.data["reason"]
+    assert models_of(s3, "ones") == []
+
+
+def test_undecodable_files_are_listed_by_name(client, s3, record, digit_files, make_zip) -> None:
+    files = [*digit_files, ("3/broken.png", b"not a png")]
+    s3.put_object(Bucket="lepton-uploads", Key="datasets/digits.zip", Body=make_zip(files))
+    event = reply(client.post("/", json={"Records": [record("datasets/digits.zip")]}))
+    assert event["type"] == "ai.lepton.training.failed"
+    assert any("3/broken.png" in problem for problem in event.data["error"]["problems"])
+
+
+def test_not_an_archive_fails_cleanly(client, s3, record) -> None:
+    s3.put_object(Bucket="lepton-uploads", Key="datasets/junk.zip", Body=b"plain text")
+    event = reply(client.post("/", json={"Records": [record("datasets/junk.zip")]}))
+    assert event["type"] == "ai.lepton.training.failed"
+
+
+def test_dataset_object_gone_fails_without_retry(client, record) -> None:
+    response = client.post("/", json={"Records": [record("datasets/missing.zip")]})
+    assert response.status_code == 200
+    assert reply(response)["type"] == "ai.lepton.training.failed"
+
+
+def test_failure_leaves_the_live_model_untouched(
+    client, s3, record, uploaded_archive, make_zip, digit_files
+) -> None:
+    first = reply(client.post("/", json={"Records": [record(uploaded_archive)]})).data["version"]
+    s3.put_object(
+        Bucket="lepton-uploads",
+        Key="datasets/digits.zip",
+        Body=make_zip([f for f in digit_files if f[0].startswith("2/")]),
+    )
+    reply(client.post("/", json={"Records": [record(uploaded_archive)]}))
+    assert live_version(s3) == first
+
+
+# --- promotion gate -----------------------------------------------------------------------------
+
+
+def test_below_the_accuracy_floor_is_stored_but_not_live(
+    make_service, s3, record, uploaded_archive
+) -> None:
+    service = make_service(LEPTON_MIN_ACCURACY="1.0", LEPTON_TRAIN_EPOCHS="1")
+    from lepton_runtime.events import parse_json
+
+    outcome = service.run_event(parse_json({"Records": [record(uploaded_archive)]}))[0]
+    assert outcome.data["promoted"] is False
+    assert "below the floor" in outcome.data["gate"]
+    assert models_of(s3) == [outcome.data["version"]]
+    assert live_version(s3) is None
+
+
+def test_clearly_worse_than_live_on_the_same_data_is_not_promoted(
+    client, s3, uploaded_archive
+) -> None:
+    good = client.post("/", json={"dataset": uploaded_archive, "epochs": 8}).get_json()
+    worse = client.post(
+        "/", json={"dataset": uploaded_archive, "epochs": 1, "learning_rate": 0.00001}
+    ).get_json()
+    assert worse["promoted"] is False
+    assert "below the live version" in worse["gate"]
+    assert live_version(s3) == good["version"]
+
+
+# --- idempotency and publishing -----------------------------------------------------------------
+
+
+def test_redelivered_event_returns_the_first_result_and_trains_once(
+    client, s3, record, uploaded_archive
+) -> None:
+    event = {"Records": [record(uploaded_archive)]}
+    first = reply(client.post("/", json=event)).data
+    second = reply(client.post("/", json=event)).data
+    assert second["version"] == first["version"]
+    assert second["duplicate"] is True
+    assert models_of(s3) == [first["version"]]
+
+
+def test_other_options_on_the_same_data_train_again(client, s3, uploaded_archive) -> None:
+    first = client.post("/", json={"dataset": uploaded_archive, "epochs": 1}).get_json()
+    second = client.post("/", json={"dataset": uploaded_archive, "epochs": 2}).get_json()
+    assert first["version"] != second["version"]
+
+
+def test_crash_while_uploading_never_moves_the_pointer(
+    service, s3, record, uploaded_archive, monkeypatch
+) -> None:
+    from lepton_runtime.events import parse_json
+
+    original = service.storage.put_file
+
+    def failing_put_file(bucket, key, path, content_type=None):
+        if key.endswith("model.tflite"):
+            raise StorageUnavailableError("injected: the store went away mid-publish")
+        return original(bucket, key, path, content_type)
+
+    monkeypatch.setattr(service.storage, "put_file", failing_put_file)
+    with pytest.raises(StorageUnavailableError):
+        service.run_event(parse_json({"Records": [record(uploaded_archive)]}))
+    assert live_version(s3) is None
+    runs = s3.list_objects_v2(Bucket="lepton-models", Prefix="digits/runs/")
+    assert "Contents" not in runs  # the run marker is gone, so a retry trains again
+
+
+def test_storage_outage_answers_503(service, client, record, uploaded_archive, monkeypatch) -> None:
+    def unreachable(*args, **kwargs):
+        raise StorageUnavailableError("injected: the S3 endpoint is unreachable")
+
+    monkeypatch.setattr(service.storage, "get_bytes", unreachable)
+    response = client.post("/", json={"Records": [record(uploaded_archive)]})
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "storage_unavailable"
+
+
+def test_second_training_while_busy_is_429(service, client, uploaded_archive) -> None:
+    assert service._busy.acquire(blocking=False)
+    try:
+        response = client.post("/", json={"dataset": uploaded_archive})
+    finally:
+        service._busy.release()
+    assert response.status_code == 429
+    assert response.get_json()["error"]["code"] == "training_busy"
