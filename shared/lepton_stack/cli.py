@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from lepton_stack.state import (
+    Ports,
     StackLayout,
     StackNotRunningError,
     pid_alive,
@@ -37,7 +38,14 @@ from lepton_stack.state import (
 
 
 def _layout(args: argparse.Namespace) -> StackLayout:
-    return StackLayout(root=Path(args.state_dir).resolve())
+    defaults = Ports()
+    ports = Ports(
+        **{
+            name: getattr(args, f"{name}_port", None) or getattr(defaults, name)
+            for name in ("s3", "router", "infer", "train", "webhook")
+        }
+    )
+    return StackLayout(root=Path(args.state_dir).resolve(), ports=ports)
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -518,6 +526,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--detach", action="store_true", help="return once ready; stop with down")
     up.add_argument("--timeout", type=float, default=900)
     up.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
+    for name, port in vars(Ports()).items():
+        up.add_argument(
+            f"--{name}-port",
+            type=int,
+            default=None,
+            help=f"port of the {name} part (default {port})",
+        )
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop a detached stack").set_defaults(func=cmd_down)
     sub.add_parser("status", help="parts, models, queues, dead letters").set_defaults(

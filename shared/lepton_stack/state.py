@@ -39,6 +39,8 @@ class StackLayout:
     models: str = "lepton-models"
     queue: str = "lepton-uploads-events"
     model: str = MODEL_NAME
+    # Where the functions reach S3/SQS, when not directly (tests put a fault-injecting proxy here).
+    function_endpoint: str | None = None
 
     @property
     def state_file(self) -> Path:
@@ -65,9 +67,12 @@ class StackLayout:
 
     def function_env(self, role: str, queue_url: str = "") -> dict[str, str]:
         """The environment a function container gets, pointed at this stack."""
+        endpoint = self.s3_endpoint
+        if role in ("infer", "train") and self.function_endpoint:
+            endpoint = self.function_endpoint
         env = {
-            "AWS_ENDPOINT_URL": self.s3_endpoint,
-            "AWS_ENDPOINT_URL_S3": self.s3_endpoint,
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ENDPOINT_URL_S3": endpoint,
             "AWS_REGION": REGION,
             "AWS_DEFAULT_REGION": REGION,
             "AWS_ACCESS_KEY_ID": ACCESS_KEY,
