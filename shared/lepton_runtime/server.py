@@ -23,7 +23,8 @@ from flask import Flask, Response, request
 from parliament.invocation import Context
 
 from lepton_runtime.emit import event_from_http
-from lepton_runtime.protocol import json_response
+from lepton_runtime.errors import PayloadTooLargeError
+from lepton_runtime.protocol import error_response, json_response
 from lepton_runtime.settings import Settings
 
 log = logging.getLogger("lepton.server")
@@ -66,6 +67,11 @@ def build_app(func: Any, settings: Settings) -> Flask:
         # parliament's own handler runs from_http on every POST and logs a warning when it
         # fails; a request with neither ce-* headers nor a CloudEvents content type can only
         # fail, so it goes straight to main(context) with no cloud_event, as it would there.
+        length = request.content_length
+        if length is not None and length > settings.max_body_bytes:
+            return error_response(
+                PayloadTooLargeError(f"the body is larger than {settings.max_body_bytes} bytes")
+            )
         context = Context(request)
         if _may_hold_cloudevent(request.headers):
             try:
@@ -149,14 +155,19 @@ def serve(function_dir: Path, settings: Settings, grace_seconds: float = 30.0) -
     service: FunctionService | None = getattr(func, "service", None)
     draining: threading.Event = app.extensions["lepton.draining"]
 
+    drained = threading.Event()
+
     def drain() -> None:
         deadline = time.monotonic() + grace_seconds
         while wsgi.count and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.1)  # let the event loop flush the last responses
-        _thread.interrupt_main()  # waitress' run() stops its loop on KeyboardInterrupt
+        drained.set()
+        _thread.interrupt_main()  # runs on_signal again in the main thread, which now stops
 
     def on_signal(signum: int, _frame: Any) -> None:
+        if drained.is_set():
+            raise KeyboardInterrupt  # waitress' run() stops its loop and its threads
         if draining.is_set():
             return
         log.info(

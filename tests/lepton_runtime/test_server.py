@@ -1,0 +1,168 @@
+"""The function server: parliament's app with honest readiness, metrics, V1 routes, $PORT and
+a SIGTERM drain."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import requests
+from cloudevents.http import CloudEvent
+
+from lepton_runtime.emit import binary_http
+from lepton_runtime.metrics import FunctionMetrics
+from lepton_runtime.server import build_app
+from lepton_runtime.settings import Settings
+
+
+class FakeService:
+    def __init__(self) -> None:
+        self.is_ready = False
+        self.metrics = FunctionMetrics("test")
+        self.contexts: list[Any] = []
+
+    def ready(self) -> bool:
+        return self.is_ready
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+@pytest.fixture
+def fake() -> FakeService:
+    return FakeService()
+
+
+@pytest.fixture
+def client(fake: FakeService):
+    def main(context: Any) -> Any:
+        fake.contexts.append(context)
+        return {"path": context.request.path}
+
+    func = SimpleNamespace(main=main, service=fake)
+    return build_app(func, Settings.from_env({})).test_client()
+
+
+def test_readiness_is_503_until_the_function_is_ready(client, fake) -> None:
+    assert client.get("/health/readiness").status_code == 503
+    fake.is_ready = True
+    assert client.get("/health/readiness").status_code == 200
+
+
+def test_liveness_is_ok_before_readiness(client) -> None:
+    assert client.get("/health/liveness").status_code == 200
+
+
+def test_metrics_are_served_in_prometheus_text_format(client, fake) -> None:
+    fake.metrics.request("image", 200, 0.01)
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.content_type.startswith("text/plain")
+    assert b"lepton_requests_total" in response.data
+
+
+def test_v1_model_routes_reach_main(client, fake) -> None:
+    assert client.post("/v1/models/digits:predict", json={}).get_json() == {
+        "path": "/v1/models/digits:predict"
+    }
+    assert client.get("/v1/models/digits").status_code == 200
+
+
+def test_plain_post_reaches_main_without_event_or_warning(client, fake, caplog) -> None:
+    with caplog.at_level(logging.WARNING):
+        client.post("/", data=b"\x89PNG", headers={"Content-Type": "image/png"})
+    assert fake.contexts[-1].cloud_event is None
+    assert "No CloudEvent available" not in caplog.text
+
+
+def test_binary_cloudevent_reaches_main_with_decoded_attributes(client, fake) -> None:
+    event = CloudEvent({"type": "t", "source": "s", "subject": "images/cat 1.png"}, {"a": 1})
+    headers, body = binary_http(event)
+    client.post("/", data=body, headers=headers)
+    assert fake.contexts[-1].cloud_event["subject"] == "images/cat 1.png"
+    assert fake.contexts[-1].cloud_event.get_data() == {"a": 1}
+
+
+def test_body_over_the_limit_never_reaches_main_as_a_crash(fake) -> None:
+    func = SimpleNamespace(main=lambda context: context.request.get_data(), service=fake)
+    app = build_app(func, Settings.from_env({"LEPTON_MAX_BODY_BYTES": "10"}))
+    response = app.test_client().post("/", data=b"x" * 100)
+    assert response.status_code == 413
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def slow_function(tmp_path: Path) -> Path:
+    folder = tmp_path / "slow"
+    folder.mkdir()
+    (folder / "func.py").write_text(
+        textwrap.dedent("""
+        import time
+
+        def main(context):
+            time.sleep(float(context.request.args.get("sleep", "0")))
+            return "done"
+    """)
+    )
+    return folder
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_the_request_in_flight_then_exits(slow_function: Path) -> None:
+    port = _free_port()
+    env = {**os.environ, "PORT": str(port)}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lepton_stack.cli",
+            "serve",
+            "infer",
+            "--function-dir",
+            str(slow_function),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{url}/health/liveness", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        answers: list[requests.Response] = []
+        request = threading.Thread(
+            target=lambda: answers.append(requests.post(f"{url}/?sleep=1.5", timeout=10))
+        )
+        request.start()
+        time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        request.join()
+        code = process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert answers and answers[0].status_code == 200
+    assert answers[0].text == "done"
+    assert code == 0
