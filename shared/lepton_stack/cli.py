@@ -26,6 +26,7 @@ import time
 import zipfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from lepton_stack.state import (
     Ports,
@@ -107,6 +108,7 @@ def _up_detached(args: argparse.Namespace, layout: StackLayout) -> int:
             str(layout.root),
             "up",
             "--quiet",
+            *(f"--{name}-port={port}" for name, port in vars(layout.ports).items()),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -138,6 +140,9 @@ def cmd_down(args: argparse.Namespace) -> int:
         print("No local stack is running.")
         return 0
     pid = state.get("pid")
+    if not pid_alive(pid):  # stopped already: the recorded pids may belong to others by now
+        print("No local stack is running.")
+        return 0
     pids = [p["pid"] for p in state.get("parts", {}).values() if p.get("pid")]
     if pid_alive(pid):
         os.kill(pid, signal.SIGTERM)
@@ -167,6 +172,12 @@ def cmd_env(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     env = layout.function_env(args.role)
     env.pop("PORT", None) if args.role == "shell" else None
+    # The running stack's addresses, which `lepton up --*-port` may have moved off the defaults.
+    env["AWS_ENDPOINT_URL"] = env["AWS_ENDPOINT_URL_S3"] = state["s3_endpoint"]
+    for name, bucket in state.get("buckets", {}).items():
+        env[f"LEPTON_{name.upper()}_BUCKET"] = bucket
+    if "PORT" in env and args.role in state.get("functions", {}):
+        env["PORT"] = str(urlsplit(state["functions"][args.role]).port)
     env["LEPTON_MODEL_NAME"] = state.get("model", env["LEPTON_MODEL_NAME"])
     for name, value in sorted(env.items()):
         print(f"export {name}={shlex.quote(value)}")

@@ -18,13 +18,13 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import requests
-from cloudevents.conversion import to_dict
+from cloudevents.conversion import to_json
 from cloudevents.http import CloudEvent
 from werkzeug.wrappers import Request, Response
 
@@ -106,7 +106,7 @@ class Router:
             if result.reply is not None and not self._stopping.is_set():
                 with self._lock:
                     self.stats.replies += 1
-                self._replies.submit(self.route, result.reply)
+                self._replies.submit(self.route, result.reply).add_done_callback(_reply_failed)
         return results
 
     def deliver(self, trigger: Trigger, event: CloudEvent) -> DeliveryResult:
@@ -114,6 +114,7 @@ class Router:
         url = self.resolve(trigger.subscriber)
         delivery = trigger.delivery
         headers, body = binary_http(event)
+        headers["Prefer"] = "reply"  # the data plane contract: Brokers announce reply support
         status: int | None = None
         error = ""
         attempts = 0
@@ -135,7 +136,9 @@ class Router:
             if 200 <= status < 300:
                 with self._lock:
                     self.stats.delivered[trigger.name] += 1
-                return DeliveryResult(trigger.name, status, attempts, reply=_reply(response))
+                # Only a 200 may carry a reply; a 202 is never processed as one (data plane).
+                reply = _reply(response) if status == 200 else None
+                return DeliveryResult(trigger.name, status, attempts, reply=reply)
             error = response.text[:2000]
             if status < 500 and status not in RETRYABLE_STATUSES:
                 break  # Knative does not retry other 4xx
@@ -179,8 +182,9 @@ class Router:
             folder = Path(target[len(DEAD_LETTER_DIR_SCHEME) :])
             folder.mkdir(parents=True, exist_ok=True)
             name = f"{time.strftime('%Y%m%dT%H%M%S')}-{trigger.name}-{uuid.uuid4().hex[:8]}.json"
-            record = {"trigger": trigger.name, "event": to_dict(lettered)}
-            (folder / name).write_text(json.dumps(record, indent=2, default=str))
+            # Structured JSON: binary data is kept as data_base64, not as a bytes repr.
+            record = {"trigger": trigger.name, "event": json.loads(to_json(lettered))}
+            (folder / name).write_text(json.dumps(record, indent=2))
             return
         headers, body = binary_http(lettered)
         self._session.post(target, data=body, headers=headers, timeout=30).raise_for_status()
@@ -248,6 +252,12 @@ class Router:
                     for t in self.triggers
                 ],
             }
+
+
+def _reply_failed(future: Future) -> None:
+    """Reply routing runs in the background: an error there would otherwise vanish."""
+    if not future.cancelled() and future.exception() is not None:
+        log.error("reply routing failed", extra={"error": repr(future.exception())})
 
 
 def _reply(response: requests.Response) -> CloudEvent | None:

@@ -1,0 +1,561 @@
+"""The `lepton` command against no stack, a fake running stack (stack.json with this process
+as the supervisor), fake function servers and a real moto server."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import uuid
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from stack_support import Answer, Subscriber, free_port
+
+from lepton_stack.cli import _archive_folder, main
+from lepton_stack.stack import aws_client, provision
+from lepton_stack.state import Ports, StackLayout, pid_alive, write_state
+
+Run = Callable[..., tuple[int, str, str]]
+NOT_RUNNING = "no local stack found"
+
+
+@pytest.fixture
+def lepton(layout: StackLayout, capsys: pytest.CaptureFixture[str]) -> Run:
+    """Runs `lepton --state-dir <layout.root> ARGS...` in this process: (code, stdout, stderr)."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            code = main(["--state-dir", str(layout.root), *args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def fake_state(layout: StackLayout, **overrides: Any) -> dict[str, Any]:
+    """The stack.json a running stack writes, with this test process as its supervisor."""
+    ports = layout.ports
+    state: dict[str, Any] = {
+        "status": "ready",
+        "pid": os.getpid(),
+        "s3_endpoint": layout.s3_endpoint,
+        "region": "us-east-1",
+        "access_key": "test",
+        "secret_key": "test",
+        "model": layout.model,
+        "model_version": "20240101-000000-abcdef12",
+        "buckets": {"uploads": layout.uploads, "results": layout.results, "models": layout.models},
+        "functions": {"infer": layout.url(ports.infer), "train": layout.url(ports.train)},
+        "router": f"http://127.0.0.1:{free_port()}",
+        "queues": {},
+        "dead_letters": str(layout.dead_letters),
+        "logs": str(layout.logs),
+        "parts": {},
+    }
+    state.update(overrides)
+    write_state(layout, state)
+    return state
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    path = tmp_path / "digit-3.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    return path
+
+
+# -- no stack ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["env"], ["status"]])
+def test_commands_need_a_running_stack(lepton: Run, command: list[str]) -> None:
+    code, out, err = lepton(*command)
+    assert code == 1
+    assert out == ""
+    assert err.startswith(f"lepton: {NOT_RUNNING}")
+    assert "make run" in err and "lepton up --detach" in err
+
+
+@pytest.mark.parametrize("command", ["predict", "put"])
+def test_file_commands_need_a_running_stack(lepton: Run, image: Path, command: str) -> None:
+    code, _, err = lepton(command, str(image))
+    assert code == 1
+    assert NOT_RUNNING in err and "lepton up --detach" in err
+
+
+def test_train_needs_a_running_stack(lepton: Run, tmp_path: Path) -> None:
+    code, _, err = lepton("train", str(tmp_path))
+    assert code == 1
+    assert NOT_RUNNING in err
+
+
+def test_a_stack_whose_supervisor_is_gone_is_reported_as_not_running(
+    lepton: Run, layout: StackLayout
+) -> None:
+    fake_state(layout, pid=None, status="stopped")
+    code, _, err = lepton("env")
+    assert code == 1
+    assert "not running (its supervisor is gone)" in err
+
+
+def test_down_without_a_stack_says_so_and_succeeds(lepton: Run) -> None:
+    assert lepton("down")[:2] == (0, "No local stack is running.\n")
+
+
+def test_down_after_the_stack_stopped_leaves_recorded_pids_alone(
+    lepton: Run, layout: StackLayout
+) -> None:
+    # After a stop the pids in stack.json are stale: they may belong to other processes now.
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        fake_state(layout, pid=None, parts={"infer": {"pid": bystander.pid, "restarts": 0}})
+        assert lepton("down")[:2] == (0, "No local stack is running.\n")
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait(5)
+
+
+def test_down_stops_a_running_supervisor(lepton: Run, layout: StackLayout) -> None:
+    supervisor = subprocess.Popen(
+        [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert supervisor.stdout is not None and supervisor.stdout.readline() == b"up\n"
+        fake_state(layout, pid=supervisor.pid)
+        code, out, _ = lepton("down")
+        assert (code, out) == (0, "Stopped the local stack.\n")
+        assert not pid_alive(supervisor.pid)
+    finally:
+        supervisor.kill()
+        supervisor.wait(5)
+
+
+def test_up_detach_passes_the_chosen_ports_to_the_background_stack(
+    lepton: Run, layout: StackLayout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[list[str]] = []
+
+    class Exited:
+        pid = 1
+
+        def __init__(self, command: list[str], **_: Any) -> None:
+            started.append(command)
+
+        def poll(self) -> int:
+            return 1
+
+    monkeypatch.setattr(subprocess, "Popen", Exited)
+    code, _, err = lepton("up", "--detach", "--s3-port=14566", "--infer-port=18081")
+    assert code == 1 and "the stack failed to start" in err
+    (command,) = started
+    assert command[command.index("up") :] == [
+        "up",
+        "--quiet",
+        "--s3-port=14566",
+        "--router-port=8090",
+        "--infer-port=18081",
+        "--train-port=8082",
+        "--webhook-port=8091",
+    ]
+
+
+# -- env -----------------------------------------------------------------------------------------
+
+
+def exports(out: str) -> dict[str, str]:
+    lines = out.splitlines()
+    assert lines and all(re.fullmatch(r"export [A-Z][A-Z0-9_]*=\S+", line) for line in lines)
+    return dict(line.removeprefix("export ").split("=", 1) for line in lines)
+
+
+def test_env_prints_export_lines_for_the_running_stack(lepton: Run, layout: StackLayout) -> None:
+    fake_state(layout)
+    code, out, _ = lepton("env")
+    assert code == 0
+    env = exports(out)
+    assert env["AWS_ENDPOINT_URL_S3"] == env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:4566"
+    assert env["LEPTON_UPLOADS_BUCKET"] == "lepton-uploads"
+    assert env["LEPTON_RESULTS_BUCKET"] == "lepton-results"
+    assert env["LEPTON_MODELS_BUCKET"] == "lepton-models"
+    assert env["LEPTON_MODEL_NAME"] == "digits"
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_REGION"]) == ("test", "us-east-1")
+    assert env["PORT"] == "8081"
+
+
+def test_env_follows_a_stack_started_on_other_ports_and_buckets(
+    lepton: Run, layout: StackLayout
+) -> None:
+    fake_state(
+        layout,
+        s3_endpoint="http://127.0.0.1:14566",
+        buckets={"uploads": "in", "results": "out", "models": "registry"},
+        functions={"infer": "http://127.0.0.1:18081", "train": "http://127.0.0.1:18082"},
+    )
+    env = exports(lepton("env")[1])
+    assert env["AWS_ENDPOINT_URL_S3"] == env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:14566"
+    assert (env["LEPTON_UPLOADS_BUCKET"], env["LEPTON_RESULTS_BUCKET"]) == ("in", "out")
+    assert env["LEPTON_MODELS_BUCKET"] == "registry"
+    assert env["PORT"] == "18081"
+    assert exports(lepton("env", "train")[1])["PORT"] == "18082"
+
+
+def test_env_uses_the_model_the_running_stack_serves(lepton: Run, layout: StackLayout) -> None:
+    fake_state(layout, model="letters")
+    assert exports(lepton("env")[1])["LEPTON_MODEL_NAME"] == "letters"
+
+
+def test_env_for_the_train_function_and_for_a_shell(lepton: Run, layout: StackLayout) -> None:
+    fake_state(layout)
+    assert exports(lepton("env", "train")[1])["PORT"] == "8082"
+    assert "PORT" not in exports(lepton("env", "shell")[1])
+
+
+def test_env_output_can_be_evaluated_by_a_shell(lepton: Run, layout: StackLayout) -> None:
+    fake_state(layout, model="my model's")
+    out = lepton("env", "shell")[1]
+    shell = subprocess.run(
+        ["bash", "-c", out + '\nprintf "%s|%s" "$LEPTON_MODEL_NAME" "$AWS_ENDPOINT_URL_S3"'],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": os.environ["PATH"]},
+    )
+    assert shell.stdout == "my model's|http://127.0.0.1:4566"
+
+
+# -- logs ----------------------------------------------------------------------------------------
+
+
+def write_logs(layout: StackLayout, **logs: str) -> None:
+    layout.logs.mkdir(parents=True)
+    for name, text in logs.items():
+        (layout.logs / f"{name}.log").write_text(text)
+
+
+def test_logs_prints_a_parts_log(lepton: Run, layout: StackLayout) -> None:
+    write_logs(layout, router="line 1\nline 2\n", infer="other\n")
+    assert lepton("logs", "router")[:2] == (0, "line 1\nline 2\n")
+
+
+def test_logs_prints_the_last_lines_only(lepton: Run, layout: StackLayout) -> None:
+    write_logs(layout, router="".join(f"line {i}\n" for i in range(100)))
+    assert lepton("logs", "router", "-n", "2")[1] == "line 98\nline 99\n"
+
+
+def test_logs_without_a_part_prints_every_log_with_a_header(
+    lepton: Run, layout: StackLayout
+) -> None:
+    write_logs(layout, router="routed\n", infer="inferred\n")
+    out = lepton("logs")[1]
+    assert out == (
+        f"==> {layout.logs / 'infer.log'} <==\ninferred\n"
+        f"==> {layout.logs / 'router.log'} <==\nrouted\n"
+    )
+
+
+def test_logs_of_an_unknown_part_lists_the_parts(lepton: Run, layout: StackLayout) -> None:
+    write_logs(layout, router="x\n", infer="y\n")
+    code, _, err = lepton("logs", "nope")
+    assert code == 1
+    assert "no log nope.log; parts: infer, router" in err
+
+
+def test_logs_before_any_stack_ran_says_so(lepton: Run) -> None:
+    code, _, err = lepton("logs")
+    assert code == 1
+    assert "start the stack first" in err
+
+
+# -- predict -------------------------------------------------------------------------------------
+
+PREDICTION = {
+    "predictions": [{"label": "3", "confidence": 0.973}, {"label": "8", "confidence": 0.02}],
+    "model": {"name": "digits", "version": "v7"},
+}
+
+
+def json_answer(status: int, body: Any) -> Answer:
+    return Answer(status, {"Content-Type": "application/json"}, json.dumps(body).encode())
+
+
+def test_predict_posts_the_file_and_prints_the_best_label(
+    lepton: Run, subscriber: Subscriber, image: Path
+) -> None:
+    subscriber.default = json_answer(200, PREDICTION)
+    code, out, _ = lepton("predict", "--url", subscriber.url, str(image))
+    assert (code, out) == (0, f"{image}: 3 (97.3%)  model digits@v7\n")
+    (request,) = subscriber.received
+    assert request.body == image.read_bytes()
+    assert request.headers["Content-Type"] == "image/png"
+
+
+def test_predict_uses_the_running_stacks_inference_function(
+    lepton: Run, layout: StackLayout, subscriber: Subscriber, image: Path
+) -> None:
+    fake_state(layout, functions={"infer": subscriber.url, "train": subscriber.url})
+    subscriber.default = json_answer(200, PREDICTION)
+    assert lepton("predict", str(image))[0] == 0
+    assert len(subscriber.received) == 1
+
+
+def test_predict_json_prints_one_object_per_file(
+    lepton: Run, subscriber: Subscriber, image: Path
+) -> None:
+    subscriber.default = json_answer(200, PREDICTION)
+    out = lepton("predict", "--json", "--url", subscriber.url, str(image), str(image))[1]
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [(line["file"], line["status"]) for line in lines] == [(str(image), 200)] * 2
+
+
+def test_predict_reports_a_function_error_and_exits_1(
+    lepton: Run, subscriber: Subscriber, image: Path
+) -> None:
+    subscriber.default = json_answer(
+        422, {"error": {"code": "invalid_image", "message": "cannot decode"}}
+    )
+    code, out, _ = lepton("predict", "--url", subscriber.url, str(image))
+    assert (code, out) == (1, f"{image}: error 422 invalid_image: cannot decode\n")
+
+
+def test_predict_reports_a_missing_file_and_goes_on(
+    lepton: Run, subscriber: Subscriber, image: Path, tmp_path: Path
+) -> None:
+    subscriber.default = json_answer(200, PREDICTION)
+    code, out, err = lepton(
+        "predict", "--url", subscriber.url, str(tmp_path / "no.png"), str(image)
+    )
+    assert code == 1
+    assert "no.png: no such file" in err
+    assert out.startswith(f"{image}: 3")
+
+
+def test_predict_says_when_the_function_cannot_be_reached(lepton: Run, image: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    code, _, err = lepton("predict", "--url", url, str(image))
+    assert code == 1
+    assert f"cannot reach the inference function at {url}" in err
+
+
+# -- against a real S3 + SQS endpoint (moto server) ----------------------------------------------
+
+
+@pytest.fixture
+def moto_layout(moto_server: str, tmp_path: Path) -> StackLayout:
+    tag = uuid.uuid4().hex[:8]
+    return StackLayout(
+        root=tmp_path / ".lepton",
+        ports=Ports(s3=int(urlsplit(moto_server).port or 0)),
+        uploads=f"up-{tag}",
+        results=f"res-{tag}",
+        models=f"mod-{tag}",
+        queue=f"events-{tag}",
+    )
+
+
+@pytest.fixture
+def moto_stack(moto_layout: StackLayout) -> dict[str, Any]:
+    """A provisioned stack on the moto server and a fake running state for it."""
+    queues = provision(moto_layout)
+    return fake_state(moto_layout, queues=queues)
+
+
+@pytest.fixture
+def moto_lepton(moto_layout: StackLayout, capsys: pytest.CaptureFixture[str]) -> Run:
+    def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            code = main(["--state-dir", str(moto_layout.root), *args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture
+def results_writer(moto_layout: StackLayout) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """Plays the inference function: writes `result` (plus the upload's etag) for every upload
+    under images/ that has none yet."""
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+
+    def start(result: dict[str, Any]) -> None:
+        s3 = aws_client(moto_layout, "s3")
+
+        def loop() -> None:
+            done: set[str] = set()
+            while not stop.wait(0.05):
+                listing = s3.list_objects_v2(Bucket=moto_layout.uploads, Prefix="images/")
+                for item in listing.get("Contents", []):
+                    if item["Key"] in done:
+                        continue
+                    done.add(item["Key"])
+                    body = {**result, "source": {"etag": item["ETag"].strip('"')}}
+                    s3.put_object(
+                        Bucket=moto_layout.results,
+                        Key=f"{item['Key']}.json",
+                        Body=json.dumps(body).encode(),
+                    )
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        threads.append(thread)
+
+    yield start
+    stop.set()
+    for thread in threads:
+        thread.join(5)
+
+
+def test_put_uploads_the_files_under_images(
+    moto_lepton: Run, moto_stack: dict[str, Any], moto_layout: StackLayout, image: Path
+) -> None:
+    code, out, _ = moto_lepton("put", str(image))
+    assert (code, out) == (0, f"uploaded s3://{moto_layout.uploads}/images/{image.name}\n")
+    head = aws_client(moto_layout, "s3").head_object(
+        Bucket=moto_layout.uploads, Key=f"images/{image.name}"
+    )
+    assert head["ContentType"] == "image/png"
+
+
+def test_put_wait_shows_each_result_as_it_lands(
+    moto_lepton: Run,
+    moto_stack: dict[str, Any],
+    moto_layout: StackLayout,
+    image: Path,
+    results_writer: Callable[[dict[str, Any]], None],
+) -> None:
+    results_writer({"predictions": [{"label": "3", "confidence": 0.5}]})
+    code, out, _ = moto_lepton("put", "--wait", "--timeout", "20", str(image))
+    assert code == 0
+    key = f"images/{image.name}"
+    assert f"{key}: 3 (50.0%)  -> s3://{moto_layout.results}/{key}.json" in out
+
+
+def test_put_wait_shows_a_failed_result(
+    moto_lepton: Run,
+    moto_stack: dict[str, Any],
+    image: Path,
+    results_writer: Callable[[dict[str, Any]], None],
+) -> None:
+    results_writer({"error": {"code": "invalid_image", "message": "cannot decode"}})
+    code, out, _ = moto_lepton("put", "--wait", "--timeout", "20", str(image))
+    assert code == 0
+    assert f"images/{image.name}: failed: cannot decode" in out
+
+
+def test_put_wait_ignores_the_result_of_an_earlier_upload_and_times_out(
+    moto_lepton: Run, moto_stack: dict[str, Any], moto_layout: StackLayout, image: Path
+) -> None:
+    aws_client(moto_layout, "s3").put_object(
+        Bucket=moto_layout.results,
+        Key=f"images/{image.name}.json",
+        Body=json.dumps({"predictions": [], "source": {"etag": "old"}}).encode(),
+    )
+    code, _, err = moto_lepton("put", "--wait", "--timeout", "0.5", str(image))
+    assert code == 1
+    assert "1 result(s) did not land" in err
+
+
+def test_status_shows_parts_models_queues_dead_letters_and_the_router(
+    moto_lepton: Run, moto_stack: dict[str, Any], moto_layout: StackLayout
+) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(10)
+    write_state(
+        moto_layout,
+        {
+            **moto_stack,
+            "parts": {
+                "infer": {"pid": os.getpid(), "restarts": 2},
+                "train": {"pid": dead.pid, "restarts": 0},
+            },
+        },
+    )
+    s3 = aws_client(moto_layout, "s3")
+    model = moto_layout.model
+    for version, accuracy in (("v1", 0.9), ("v2", 0.955)):
+        s3.put_object(
+            Bucket=moto_layout.models,
+            Key=f"{model}/{version}/metadata.json",
+            Body=json.dumps({"metrics": {"val_accuracy": accuracy}}).encode(),
+        )
+    s3.put_object(Bucket=moto_layout.models, Key=f"{model}/v3/model.tflite", Body=b"half-written")
+    s3.put_object(
+        Bucket=moto_layout.models,
+        Key=f"{model}/latest.json",
+        Body=json.dumps({"version": "v2"}).encode(),
+    )
+    moto_layout.dead_letters.mkdir(parents=True)
+    (moto_layout.dead_letters / "20240101T000000-images-abc.json").write_text("{}")
+
+    code, out, _ = moto_lepton("status")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == f"stack: ready (supervisor pid {os.getpid()})"
+    assert re.search(rf"infer\s+up\s+pid {os.getpid()}\s+restarts 2", out)
+    assert re.search(rf"train\s+DOWN\s+pid {dead.pid}\s+restarts 0", out)
+    assert "  v1  val_accuracy 90.00%" in lines
+    assert "  v2  val_accuracy 95.50%  <- live" in lines
+    assert "  v3  (incomplete)" in lines
+    assert re.search(r"queue queue\s+waiting \d+\s+in flight 0", out)  # moto queues a TestEvent
+    assert re.search(r"queue dlq\s+waiting 0\s+in flight 0", out)
+    assert f"dead letters: 1 in {moto_layout.dead_letters}" in lines
+    assert "  20240101T000000-images-abc.json" in lines
+    assert lines[-1] == "router: not answering"
+
+
+def test_status_shows_the_router_counters(
+    moto_lepton: Run,
+    moto_stack: dict[str, Any],
+    moto_layout: StackLayout,
+) -> None:
+    from werkzeug.serving import make_server
+
+    from lepton_stack.router import Router
+
+    server = make_server("127.0.0.1", 0, Router([], {}))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        write_state(moto_layout, {**moto_stack, "router": f"http://127.0.0.1:{server.port}"})
+        out = moto_lepton("status")[1]
+    finally:
+        server.shutdown()
+    assert out.splitlines()[-1] == "router: received 0, delivered {}, retries {}, dead-lettered {}"
+
+
+# -- train ---------------------------------------------------------------------------------------
+
+
+def test_train_refuses_something_that_is_not_a_folder(
+    lepton: Run, layout: StackLayout, image: Path
+) -> None:
+    fake_state(layout)
+    code, _, err = lepton("train", str(image))
+    assert code == 1
+    assert "is not a folder of <label>/<image> files" in err
+
+
+def test_a_training_folder_is_archived_with_label_relative_paths(tmp_path: Path) -> None:
+    for label in ("0", "1"):
+        (tmp_path / "set" / label).mkdir(parents=True)
+        (tmp_path / "set" / label / "a.png").write_bytes(label.encode())
+    archive = zipfile.ZipFile(io.BytesIO(_archive_folder(tmp_path / "set")))
+    assert archive.namelist() == ["0/a.png", "1/a.png"]
+    assert archive.read("1/a.png") == b"1"
