@@ -87,6 +87,7 @@ class Settings:
     webhook_port: int = 0
     webhook_token: str = ""
     poll_wait_seconds: int = 20
+    source_concurrency: int = 8
     sink_timeout: float = 30.0
     ce_overrides: tuple[tuple[str, str], ...] = ()  # K_CE_OVERRIDES extensions, as pairs
 
@@ -170,6 +171,7 @@ class Settings:
             webhook_port=reader.int("LEPTON_WEBHOOK_PORT", 0, minimum=0, maximum=65535),
             webhook_token=reader.str("LEPTON_WEBHOOK_TOKEN", ""),
             poll_wait_seconds=reader.int("LEPTON_SQS_WAIT_SECONDS", 20, minimum=0, maximum=20),
+            source_concurrency=reader.int("LEPTON_SOURCE_CONCURRENCY", 8, minimum=1, maximum=100),
             sink_timeout=reader.float("LEPTON_SINK_TIMEOUT", 30.0, minimum=0.1),
             ce_overrides=reader.ce_overrides("K_CE_OVERRIDES"),
         )

@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,7 +117,12 @@ class Forwarder:
 
 
 class SqsPoller:
-    """Long-polls one SQS queue and forwards its messages, deleting only what was delivered."""
+    """Long-polls one SQS queue and forwards its messages, deleting only what was delivered.
+
+    Up to `concurrency` messages are in flight at once, each on a worker thread: a slow one (a
+    training can hold its message for minutes) does not hold up the others, and the poller
+    asks for more messages whenever a worker is free.
+    """
 
     def __init__(
         self,
@@ -126,33 +132,47 @@ class SqsPoller:
         *,
         wait_seconds: int,
         stop: threading.Event,
+        concurrency: int = 1,
     ) -> None:
         self.client = client
         self.queue_url = queue_url
         self.forwarder = forwarder
         self.wait_seconds = wait_seconds
         self.stop = stop
+        self.concurrency = max(1, concurrency)
+        self._in_flight = 0
+        self._idle = threading.Condition()
+        self._workers = ThreadPoolExecutor(self.concurrency, thread_name_prefix="forward")
 
     def run(self) -> None:
         """Poll until `stop` is set; receive errors are logged and retried with backoff."""
         backoff = 1.0
-        while not self.stop.is_set():
-            try:
-                self.poll_once()
-                backoff = 1.0
-            except (BotoCoreError, ClientError) as exc:
-                log.warning(
-                    "cannot receive from SQS; retrying",
-                    extra={"queue_url": self.queue_url, "error": str(exc), "retry_in": backoff},
-                )
-                self.stop.wait(backoff)
-                backoff = min(backoff * 2, _MAX_RECEIVE_BACKOFF)
+        try:
+            while not self.stop.is_set():
+                try:
+                    self.poll_once()
+                    backoff = 1.0
+                except (BotoCoreError, ClientError) as exc:
+                    log.warning(
+                        "cannot receive from SQS; retrying",
+                        extra={"queue_url": self.queue_url, "error": str(exc), "retry_in": backoff},
+                    )
+                    self.stop.wait(backoff)
+                    backoff = min(backoff * 2, _MAX_RECEIVE_BACKOFF)
+        finally:
+            self._workers.shutdown(wait=True)  # let the messages in flight finish
 
     def poll_once(self) -> int:
-        """One ReceiveMessage (long poll) and the handling of what it returned."""
+        """One ReceiveMessage (long poll) for as many messages as there are free workers;
+        they are handled in the background (see `join`)."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._in_flight < self.concurrency or self.stop.is_set())
+            free = min(_SQS_BATCH, self.concurrency - self._in_flight)
+        if free <= 0:
+            return 0
         response = self.client.receive_message(
             QueueUrl=self.queue_url,
-            MaxNumberOfMessages=_SQS_BATCH,
+            MaxNumberOfMessages=free,
             WaitTimeSeconds=self.wait_seconds,
             MessageSystemAttributeNames=["ApproximateReceiveCount"],
         )
@@ -161,8 +181,25 @@ class SqsPoller:
             if self.stop.is_set():
                 self._release(messages[index:])
                 break
-            self.handle(message)
+            with self._idle:
+                self._in_flight += 1
+            self._workers.submit(self._handle_in_worker, message)
         return len(messages)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until no message is in flight; False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+
+    def _handle_in_worker(self, message: Mapping[str, Any]) -> None:
+        try:
+            self.handle(message)
+        except Exception:  # a bug must not leak a worker or kill the pool
+            log.exception("unexpected error forwarding a message")
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
 
     def handle(self, message: Mapping[str, Any]) -> bool:
         """Forward one message; delete it if every record was accepted. True if deleted."""
@@ -313,6 +350,7 @@ class SourceAdapter:
                 self.forwarder,
                 wait_seconds=settings.poll_wait_seconds,
                 stop=self._stop,
+                concurrency=settings.source_concurrency,
             )
             if settings.queue_url
             else None

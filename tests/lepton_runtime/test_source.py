@@ -49,6 +49,7 @@ class Sink:
     url: str = ""
     statuses: list[int] = field(default_factory=list)
     default: int = 202
+    delay: float = 0.0
     requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
 
     def events(self) -> list[CloudEvent]:
@@ -63,6 +64,7 @@ def sink() -> Iterator[Sink]:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             recorder.requests.append((dict(self.headers.items()), body))
+            time.sleep(recorder.delay)
             status = recorder.statuses.pop(0) if recorder.statuses else recorder.default
             self.send_response(status)
             self.send_header("Content-Length", "0")
@@ -195,8 +197,9 @@ class FakeSqs:
         self.deleted: list[str] = []
         self.released: list[str] = []
 
-    def receive_message(self, **_: Any) -> dict[str, Any]:
-        messages, self.messages = self.messages, []
+    def receive_message(self, MaxNumberOfMessages: int = 1, **_: Any) -> dict[str, Any]:
+        messages = self.messages[:MaxNumberOfMessages]
+        self.messages = self.messages[MaxNumberOfMessages:]
         return {"Messages": messages}
 
     def delete_message(self, QueueUrl: str, ReceiptHandle: str) -> None:
@@ -206,9 +209,23 @@ class FakeSqs:
         self.released.extend(entry["ReceiptHandle"] for entry in Entries)
 
 
-def poller(client: FakeSqs, sink: Sink, stop: threading.Event | None = None) -> SqsPoller:
-    forwarder = Forwarder(sink.url, timeout=2)
-    return SqsPoller(client, "q", forwarder, wait_seconds=0, stop=stop or threading.Event())
+class Poll:
+    """A poller over a fake queue; `once()` receives one batch and waits for its handling."""
+
+    def __init__(self, client: FakeSqs, sink: Sink, stop: threading.Event | None) -> None:
+        forwarder = Forwarder(sink.url, timeout=2)
+        self.poller = SqsPoller(
+            client, "q", forwarder, wait_seconds=0, stop=stop or threading.Event(), concurrency=4
+        )
+
+    def poll_once(self) -> int:
+        received = self.poller.poll_once()
+        assert self.poller.join(timeout=10)
+        return received
+
+
+def poller(client: FakeSqs, sink: Sink, stop: threading.Event | None = None) -> Poll:
+    return Poll(client, sink, stop)
 
 
 def test_poller_deletes_delivered_and_test_event_messages(sink: Sink) -> None:
@@ -217,6 +234,15 @@ def test_poller_deletes_delivered_and_test_event_messages(sink: Sink) -> None:
     )
     poller(client, sink).poll_once()
     assert (client.deleted, len(sink.requests)) == (["r0", "r1"], 1)
+
+
+def test_poller_handles_messages_of_a_batch_concurrently(sink: Sink) -> None:
+    sink.delay = 0.5  # each delivery takes half a second
+    client = FakeSqs([json.dumps(load("s3_object_created.json"))] * 4)
+    started = time.monotonic()
+    poller(client, sink).poll_once()
+    assert len(client.deleted) == 4
+    assert time.monotonic() - started < 1.5  # four deliveries at once, not one after another
 
 
 def test_poller_keeps_a_message_the_sink_refused(sink: Sink) -> None:
