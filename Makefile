@@ -35,5 +35,39 @@ format: install
 run: install
 	$(BIN)/lepton up
 
+# Benchmarks against the seed design and the framework ceiling (needs wrk; installed from
+# Debian when missing and this runs as root). Writes docs/benchmarks.md.
+bench: install
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get install -y -q wrk >/dev/null \
+		|| (apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null)); } \
+		|| { echo "make bench needs wrk (Debian/Ubuntu: apt-get install wrk)" >&2; exit 1; }
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .lepton .pytest_cache build *.egg-info
+
+# Function images, built from the repo root with podman, buildah or docker, whichever works here
+# (containers/build.sh). OFFLINE=1 needs no registry: a debootstrap base image and wheels
+# resolved on this machine. TRAIN_EXTRA=train-gpu builds the training image with CUDA.
+CONTAINER_ENGINE ?=
+IMAGE_REPO ?= dev.local/lepton
+IMAGE_TAG ?=
+TRAIN_EXTRA ?= train
+BASE_IMAGE ?=
+OFFLINE ?= 0
+
+images:
+	CONTAINER_ENGINE='$(CONTAINER_ENGINE)' IMAGE_REPO='$(IMAGE_REPO)' IMAGE_TAG='$(IMAGE_TAG)' \
+	TRAIN_EXTRA='$(TRAIN_EXTRA)' BASE_IMAGE='$(BASE_IMAGE)' OFFLINE='$(OFFLINE)' \
+	containers/build.sh all
+
+# Knative Serving + Eventing objects into the current kubectl context and namespace.
+# OVERLAY=minio (default: MinIO webhooks -> the project's adapter) or aws (S3 -> SQS ->
+# IntegrationSource). Prerequisites (Secrets, buckets, notifications): knative/README.md.
+OVERLAY ?= minio
+KUBECTL ?= kubectl
+
+deploy:
+	@test -f knative/overlays/$(OVERLAY)/kustomization.yaml \
+		|| { echo "no overlay knative/overlays/$(OVERLAY) (aws or minio)" >&2; exit 1; }
+	$(KUBECTL) apply -k knative/overlays/$(OVERLAY)
