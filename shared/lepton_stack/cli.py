@@ -355,7 +355,6 @@ def _archive_folder(folder: Path) -> bytes:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import requests
     from tqdm import tqdm
 
     state = _state_or_exit(args)
@@ -366,13 +365,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     s3 = _s3(state)
     data = _archive_folder(folder)
     key = f"datasets/{name}.zip"
-    started = time.time()
     s3.put_object(
         Bucket=state["buckets"]["uploads"], Key=key, Body=data, ContentType="application/zip"
     )
     print(f"uploaded {len(data)} bytes to s3://{state['buckets']['uploads']}/{key}; training ...")
     log_path = Path(state["parts"]["train"]["log"])
     offset = log_path.stat().st_size if log_path.exists() else 0
+    lettered = _train_dead_letters(state)
     deadline = time.monotonic() + args.timeout
     bar = tqdm(desc=f"training {name}", unit="epoch", file=sys.stderr)
     try:
@@ -387,6 +386,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                 elif entry.get("message") == "training failed":
                     bar.close()
                     return _fail(f"training failed: {entry.get('error')}")
+                elif entry.get("message", "").startswith("duplicate training request"):
+                    bar.close()
+                    print(
+                        f"these images were already trained into {name} version "
+                        f"{entry.get('version')}; nothing new to train."
+                    )
+                    return 0
                 elif entry.get("message") in ("model published", "model stored, not promoted"):
                     bar.close()
                     live = entry["message"] == "model published"
@@ -396,16 +402,27 @@ def cmd_train(args: argparse.Namespace) -> int:
                         + ("now live." if live else f"not promoted ({entry.get('reason')}).")
                     )
                     return 0
-            try:
-                router = requests.get(state["router"] + "/status", timeout=2).json()
-            except requests.RequestException:
-                router = {}
-            if sum(router.get("dead_letters", {}).values()) and time.time() - started > 5:
-                pass  # reported by `lepton status`; keep following the log
+            if _train_dead_letters(state) > lettered:
+                bar.close()
+                return _fail(
+                    f"the dataset event was dead-lettered (see {state['dead_letters']} "
+                    "and `lepton logs train`)"
+                )
             time.sleep(0.5)
     finally:
         bar.close()
     return _fail(f"no published model after {args.timeout:.0f} s; see `lepton logs train`")
+
+
+def _train_dead_letters(state: dict[str, Any]) -> int:
+    """Dead letters of the dataset trigger so far, from the router (0 if it does not answer)."""
+    import requests
+
+    try:
+        status = requests.get(state["router"] + "/status", timeout=2).json()
+    except (requests.RequestException, ValueError):
+        return 0
+    return int(status.get("dead_letters", {}).get("lepton-train-datasets", 0))
 
 
 def _read_new(path: Path, offset: int) -> tuple[int, list[dict[str, Any]]]:

@@ -289,13 +289,14 @@ class InferenceService:
         return Response(status=202)
 
     def _process(self, classifier: Classifier, ref: ObjectRef) -> ObjectOutcome:
-        """Classify one object and write its result, once: a redelivery gets the first result."""
+        """Classify one object and write its result, once: a redelivery gets the first result.
+
+        The result is written with a conditional PUT (If-None-Match: *), so the usual case
+        costs one read and one write; only when a result is already there is it read, and it
+        is kept when it describes the same object (same ETag).
+        """
         result_key = self.settings.results.key(f"{ref.key}.json")
         bucket = self.settings.results.bucket
-        existing = self.storage.get_json(bucket, result_key, _MAX_RESULT_BYTES, missing_ok=True)
-        if _same_source(existing, ref.etag):
-            self.metrics.object_event("duplicate")
-            return _outcome_from_existing(ref, existing, result_key)
         try:
             obj = self.storage.get_bytes(ref.bucket, ref.key, self.settings.max_image_bytes)
         except StorageError as exc:
@@ -303,9 +304,6 @@ class InferenceService:
                 raise
             self.metrics.object_event("failed")
             return ObjectOutcome(ref, None, None, error_body(exc)["error"])
-        if ref.etag is None and _same_source(existing, obj.etag):
-            self.metrics.object_event("duplicate")
-            return _outcome_from_existing(ref, existing, result_key)
         source = {
             "bucket": ref.bucket,
             "key": ref.key,
@@ -317,15 +315,24 @@ class InferenceService:
         model = codecs.model_info(classifier.name, classifier.version)
         try:
             predictions = self._classify(classifier, [(ref.key, obj.data)])
+            body = {
+                "model": model,
+                "predictions": [p.to_dict() for p in predictions],
+                "source": source,
+            }
         except (ImageError, LeptonError) as exc:
             body = {"model": model, "error": error_body(exc)["error"], "source": source}
-            self.storage.put_json(bucket, result_key, body)
-            self.metrics.object_event("failed")
-            return ObjectOutcome(ref, body, result_key, body["error"])
-        body = {"model": model, "predictions": [p.to_dict() for p in predictions], "source": source}
-        self.storage.put_json(bucket, result_key, body)
-        self.metrics.object_event("completed")
-        return ObjectOutcome(ref, body, result_key)
+        if self.storage.put_json(bucket, result_key, body, if_absent=True) is None:
+            existing = self.storage.get_json(bucket, result_key, _MAX_RESULT_BYTES, missing_ok=True)
+            if _same_source(existing, obj.etag):
+                self.metrics.object_event("duplicate")
+                return ObjectOutcome(
+                    ref, existing, result_key, existing.get("error"), duplicate=True
+                )
+            self.storage.put_json(bucket, result_key, body)  # the result of an older upload
+        outcome = "failed" if "error" in body else "completed"
+        self.metrics.object_event(outcome)
+        return ObjectOutcome(ref, body, result_key, body.get("error"))
 
     def _reply(
         self, event: InboundEvent, classifier: Classifier, outcomes: list[ObjectOutcome]
@@ -367,10 +374,3 @@ def _same_source(existing: Any, etag: str | None) -> bool:
         return False
     source = existing.get("source")
     return isinstance(source, dict) and source.get("etag") == etag
-
-
-def _outcome_from_existing(ref: ObjectRef, existing: dict[str, Any], key: str) -> ObjectOutcome:
-    return ObjectOutcome(ref, existing, key, existing.get("error"), duplicate=True)
-
-
-__all__ = ["InferenceService", "ObjectOutcome"]
