@@ -25,12 +25,12 @@ test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: install
-	$(BIN)/ruff check shared functions tests
-	$(BIN)/ruff format --check shared functions tests
+	$(BIN)/ruff check shared functions tests bench
+	$(BIN)/ruff format --check shared functions tests bench
 
 format: install
-	$(BIN)/ruff check --fix shared functions tests
-	$(BIN)/ruff format shared functions tests
+	$(BIN)/ruff check --fix shared functions tests bench
+	$(BIN)/ruff format shared functions tests bench
 
 run: install
 	$(BIN)/lepton up

@@ -21,16 +21,17 @@ def create(model_path: str) -> Flask:
     app = Flask(__name__)
 
     @app.route("/infer", methods=["POST"])
-    def infer():  # noqa: ANN202
+    def infer():
         image = Image.open(io.BytesIO(request.get_data())).convert("L" if channels == 1 else "RGB")
         pixels = np.asarray(image.resize((width, height)), dtype=np.float32)
         batch = pixels.reshape(1, height, width, channels)
         probabilities = model.predict(batch, verbose=0)[0]
-        return jsonify({"prediction": int(np.argmax(probabilities)),
-                        "probabilities": probabilities.tolist()})
+        return jsonify(
+            {"prediction": int(np.argmax(probabilities)), "probabilities": probabilities.tolist()}
+        )
 
     @app.route("/health", methods=["GET"])
-    def health():  # noqa: ANN202
+    def health():
         return "ok"
 
     return app
