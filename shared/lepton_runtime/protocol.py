@@ -7,7 +7,10 @@ does not retry, transient ones a 5xx.
 from __future__ import annotations
 
 import json
-from typing import Any
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from cloudevents.abstract import CloudEvent
 from flask import Response
@@ -112,3 +115,26 @@ def event_response(event: CloudEvent, status: int = 200) -> Response:
     """A reply event in binary content mode (attributes as ce-* headers, data as the body)."""
     headers, body = binary_http(event)
     return Response(body, status=status, headers=headers)
+
+
+Work = tuple[str, Callable[[], Response]]  # (kind of request, for metrics; what answers it)
+
+
+class RequestMetrics(Protocol):
+    def request(self, kind: str, status: int, seconds: float) -> None: ...
+
+
+def respond(route: Callable[[], Work], metrics: RequestMetrics, logger: logging.Logger) -> Response:
+    """Run one request: route it, do the work, turn any error into its JSON error response,
+    and count it. A function's `main(context)` never raises past this."""
+    started = time.perf_counter()
+    kind = "other"
+    try:
+        kind, work = route()
+        response = work()
+    except Exception as exc:
+        if not isinstance(exc, (LeptonError, LeptonModelError)):
+            logger.exception("unexpected error")
+        response = error_response(exc)
+    metrics.request(kind, response.status_code, time.perf_counter() - started)
+    return response

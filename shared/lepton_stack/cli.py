@@ -184,17 +184,25 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def _function_settings() -> Any:
+    """The function's Settings from the environment, with logging configured; SystemExit(2)
+    with the reason when the environment is invalid."""
     from lepton_runtime.errors import ConfigurationError
     from lepton_runtime.logs import configure
-    from lepton_runtime.server import serve
     from lepton_runtime.settings import Settings
 
     try:
         settings = Settings.from_env()
     except ConfigurationError as exc:
-        return _fail(f"configuration error: {exc}", 2)
+        raise SystemExit(_fail(f"configuration error: {exc}", 2)) from exc
     configure(settings.log_level)
+    return settings
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from lepton_runtime.server import serve
+
+    settings = _function_settings()
     function_dir = Path(args.function_dir) if args.function_dir else _function_dir(args.role)
     if not (function_dir / "func.py").exists():
         return _fail(f"{function_dir}/func.py not found; pass --function-dir", 2)
@@ -203,18 +211,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_train_job(args: argparse.Namespace) -> int:
-    from lepton_runtime.errors import ConfigurationError
-    from lepton_runtime.logs import configure
-    from lepton_runtime.settings import Settings
     from lepton_runtime.storage import Storage
     from lepton_runtime.training.job import run_job
     from lepton_runtime.training.service import TrainingService
 
-    try:
-        settings = Settings.from_env()
-    except ConfigurationError as exc:
-        return _fail(f"configuration error: {exc}", 2)
-    configure(settings.log_level)
+    settings = _function_settings()
     return run_job(
         TrainingService(settings, Storage.from_settings(settings)), Path(args.event_file)
     )

@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +18,7 @@ from flask import Request, Response
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from lepton_model.classifier import Classifier
-from lepton_model.errors import ImageError, LeptonModelError
+from lepton_model.errors import ImageError
 from lepton_model.imaging import ImageLimits
 from lepton_runtime import codecs
 from lepton_runtime.emit import (
@@ -48,11 +46,12 @@ from lepton_runtime.events import (
 from lepton_runtime.inference.registry import ModelRegistry
 from lepton_runtime.metrics import FunctionMetrics
 from lepton_runtime.protocol import (
+    Work,
     error_body,
-    error_response,
     event_response,
     is_retryable,
     json_response,
+    respond,
 )
 from lepton_runtime.settings import Settings
 from lepton_runtime.storage import Storage
@@ -110,22 +109,14 @@ class InferenceService:
 
     def handle(self, context: Any) -> Response:
         """parliament's `main(context)`: route, run, and always answer with JSON or an event."""
-        started = time.perf_counter()
         request: Request = context.request
-        kind = "other"
-        try:
-            kind, work = self._route(request, getattr(context, "cloud_event", None))
-            response = work()
-        except Exception as exc:  # the one place errors become responses
-            if not isinstance(exc, (LeptonError, LeptonModelError)):
-                log.exception("unexpected error", extra={"path": request.path})
-            response = error_response(exc)
-        self.metrics.request(kind, response.status_code, time.perf_counter() - started)
-        return response
+        return respond(
+            lambda: self._route(request, getattr(context, "cloud_event", None)), self.metrics, log
+        )
 
     # --- routes -------------------------------------------------------------------------------
 
-    def _route(self, request: Request, cloud_event: Any) -> tuple[str, Callable[[], Response]]:
+    def _route(self, request: Request, cloud_event: Any) -> Work:
         """Which kind of request this is (for metrics) and the work that answers it."""
         if request.path.startswith(_V1_PREFIX):
             return "tfserving", lambda: self._v1(request)

@@ -31,7 +31,6 @@ from lepton_runtime import codecs
 from lepton_runtime.emit import MODEL_PUBLISHED, TRAINING_FAILED, reply_event
 from lepton_runtime.errors import (
     BadRequestError,
-    LeptonError,
     PayloadTooLargeError,
     StorageError,
     TrainingBusyError,
@@ -47,11 +46,12 @@ from lepton_runtime.events import (
 from lepton_runtime.inference.registry import POINTER_FILE
 from lepton_runtime.metrics import FunctionMetrics
 from lepton_runtime.protocol import (
+    Work,
     error_body,
-    error_response,
     event_response,
     is_retryable,
     json_response,
+    respond,
 )
 from lepton_runtime.settings import Settings
 from lepton_runtime.storage import Storage
@@ -105,39 +105,36 @@ class TrainingService:
 
     def handle(self, context: Any) -> Response:
         """parliament's `main(context)` for the training function."""
-        started = time.perf_counter()
         request: Request = context.request
-        kind = "other"
-        try:
-            if request.method != "POST":
-                response = json_response(
-                    {
-                        "function": "train",
-                        "busy": self._busy.locked(),
-                        "usage": "POST an S3 dataset event or training JSON",
-                    }
-                )
-            elif getattr(context, "cloud_event", None) is not None:
-                kind = "event"
-                response = self.handle_event(parse_cloudevent(context.cloud_event))
-            else:
-                payload = self._json(request)
-                if looks_like_event(payload):
-                    kind = "event"
-                    response = self.handle_event(parse_json(payload))
-                else:
-                    kind = "http"
-                    train_request = parse_http_request(
-                        payload, self.settings.datasets, self.settings.model_name, self.defaults
-                    )
-                    outcome = self.run(train_request)
-                    response = json_response(outcome.data, 200 if outcome.ok else 422)
-        except Exception as exc:
-            if not isinstance(exc, (LeptonError, LeptonModelError)):
-                log.exception("unexpected error")
-            response = error_response(exc)
-        self.metrics.request(kind, response.status_code, time.perf_counter() - started)
-        return response
+        return respond(
+            lambda: self._route(request, getattr(context, "cloud_event", None)), self.metrics, log
+        )
+
+    def _route(self, request: Request, cloud_event: Any) -> Work:
+        if request.method != "POST":
+            return "other", self._describe
+        if cloud_event is not None:
+            return "event", lambda: self.handle_event(parse_cloudevent(cloud_event))
+        payload = self._json(request)
+        if looks_like_event(payload):
+            return "event", lambda: self.handle_event(parse_json(payload))
+        return "http", lambda: self._train_http(payload)
+
+    def _describe(self) -> Response:
+        return json_response(
+            {
+                "function": "train",
+                "busy": self._busy.locked(),
+                "usage": "POST an S3 dataset event or training JSON",
+            }
+        )
+
+    def _train_http(self, payload: Any) -> Response:
+        job = parse_http_request(
+            payload, self.settings.datasets, self.settings.model_name, self.defaults
+        )
+        outcome = self.run(job)
+        return json_response(outcome.data, 200 if outcome.ok else 422)
 
     def handle_event(self, event: InboundEvent) -> Response:
         """Train for each dataset an event names; answer with one reply event."""
