@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import boto3
@@ -72,7 +73,24 @@ def container_engine() -> str:
 
 
 @pytest.fixture(scope="session")
-def images(container_engine: str) -> Images:
+def report(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Writes a measurement to the terminal even while output is captured (CI logs)."""
+    plugins = request.config.pluginmanager
+    reporter = plugins.get_plugin("terminalreporter")
+    capture = plugins.get_plugin("capturemanager")
+
+    def write(line: str) -> None:
+        if reporter is None or capture is None:
+            print(line)
+            return
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"[images] {line}")
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def images(container_engine: str, report: Callable[[str], None]) -> Images:
     """Both function images, built once per session through containers/build.sh."""
     env = {
         **os.environ,
@@ -93,7 +111,7 @@ def images(container_engine: str) -> Images:
     )
     elapsed = time.monotonic() - started
     assert result.returncode == 0, f"image build failed:\n{result.stdout[-4000:]}{result.stderr}"
-    print(f"\nbuilt both images with {container_engine} in {elapsed:.0f} s")
+    report(f"built both images with {container_engine} in {elapsed:.0f} s")
     return Images(
         container_engine,
         f"{IMAGE_REPO}/infer:{IMAGE_TAG}",
@@ -184,7 +202,9 @@ def run_container(images: Images) -> Iterator:
         assert result.returncode == 0, result.stderr
         container_id = result.stdout.strip()
         started_ids.append(container_id)
-        return RunningContainer(images.engine, container_id, f"http://127.0.0.1:{port}", started)
+        return RunningContainer(
+            images.engine, container_id, f"http://127.0.0.1:{port}", started, shlex.join(args)
+        )
 
     yield run
     for container_id in started_ids:

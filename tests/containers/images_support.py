@@ -31,6 +31,7 @@ class RunningContainer:
     container_id: str
     url: str
     started: float  # time.monotonic() just before `<engine> run`
+    command: str  # the `<engine> run ...` command line, for the report
 
     def logs(self) -> str:
         result = subprocess.run(

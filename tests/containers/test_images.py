@@ -22,6 +22,7 @@ STARTUP_TIMEOUT = 60.0
 MAX_INFER_IMAGE_BYTES = 450 * 1024 * 1024
 
 RunContainer = Callable[..., RunningContainer]
+Report = Callable[[str], None]
 
 
 def in_image(images: Images, image: str, code: str) -> subprocess.CompletedProcess[str]:
@@ -73,20 +74,22 @@ def test_inference_image_holds_lepton_model_and_no_tensorflow(images: Images) ->
     assert result.returncode == 0, result.stderr
 
 
-def test_inference_image_is_small(images: Images) -> None:
+def test_inference_image_is_small(images: Images, report: Report) -> None:
     size = image_bytes(images, images.infer)
-    print(f"\n{images.infer}: {size / 1e6:.0f} MB")
+    report(f"{images.infer}: {size / 1e6:.0f} MB")
     assert size < MAX_INFER_IMAGE_BYTES
 
 
-def test_training_image_holds_tensorflow_and_the_job_command(images: Images) -> None:
+def test_training_image_holds_tensorflow_and_the_job_command(
+    images: Images, report: Report
+) -> None:
     code = (
         "import tensorflow, matplotlib, lepton_model.training;"
         "from lepton_stack.cli import build_parser;"
         "build_parser().parse_args(['train-job'])"
     )
     result = in_image(images, images.train, code)
-    print(f"\n{images.train}: {image_bytes(images, images.train) / 1e6:.0f} MB")
+    report(f"{images.train}: {image_bytes(images, images.train) / 1e6:.0f} MB")
     assert result.returncode == 0, result.stderr
 
 
@@ -102,6 +105,7 @@ def test_inference_container_predicts_with_the_published_model(
     run_container: RunContainer,
     function_env: dict[str, str],
     published_model: PublishedModel,
+    report: Report,
 ) -> None:
     container = run_container(images.infer, function_env)
 
@@ -115,9 +119,9 @@ def test_inference_container_predicts_with_the_published_model(
 
     response, seconds = first_success(container, predict)
     size = image_bytes(images, images.infer)
-    print(
-        f"\n{images.infer} ({size / 1e6:.0f} MB): {images.engine} run -> first prediction "
-        f"in {seconds:.2f} s"
+    report(
+        f"{images.infer} ({size / 1e6:.0f} MB): `{images.engine} run` -> first prediction "
+        f"in {seconds:.2f} s\n  {container.command}"
     )
     body = response.json()
     assert body["model"] == {"name": published_model.name, "version": published_model.version}
@@ -153,13 +157,13 @@ def test_inference_container_stops_cleanly_on_sigterm(
 
 
 def test_training_container_becomes_ready(
-    images: Images, run_container: RunContainer, function_env: dict[str, str]
+    images: Images, run_container: RunContainer, function_env: dict[str, str], report: Report
 ) -> None:
     container = run_container(images.train, function_env)
     _, seconds = first_success(
         container, lambda: requests.get(container.url + "/health/readiness", timeout=2)
     )
-    print(f"\n{images.train}: {images.engine} run -> ready in {seconds:.2f} s")
+    report(f"{images.train}: `{images.engine} run` -> ready in {seconds:.2f} s")
 
 
 def test_dead_letter_command_runs_in_the_inference_image(

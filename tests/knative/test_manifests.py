@@ -7,6 +7,7 @@ checks compare the manifests with what the Python code actually reads, serves an
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -557,10 +558,25 @@ def test_canary_differs_from_the_base_service_only_by_pin_and_traffic(
     assert Settings.from_env({"LEPTON_MODEL_VERSION": pin["value"]}).model_version == pin["value"]
 
 
+def read_func_yaml(role: str) -> dict[str, Any]:
+    """A func.yaml as func reads it: timestamps stay text (JSON Schema has no date type)."""
+    func = yaml.safe_load((REPO / "functions" / role / "func.yaml").read_text())
+    func["created"] = (
+        func["created"].isoformat() if hasattr(func["created"], "isoformat") else func["created"]
+    )
+    return func
+
+
+@pytest.mark.parametrize("role", ["infer", "train"])
+def test_func_yaml_matches_the_func_schema(role: str) -> None:
+    schema = json.loads((REPO / "tests/data/func-yaml/func_yaml-schema.json").read_text())
+    validator = Draft7Validator(schema)
+    assert not schema_errors(validator, read_func_yaml(role))
+
+
 @pytest.mark.parametrize("name", FUNCTION_SERVICES)
 def test_func_yaml_matches_the_service(base: Build, name: str) -> None:
-    role = name.removeprefix("lepton-")
-    func = yaml.safe_load((REPO / "functions" / role / "func.yaml").read_text())
+    func = read_func_yaml(name.removeprefix("lepton-"))
     service = knative_service(base, name)
     template = service["spec"]["template"]
     container = main_container(service)
