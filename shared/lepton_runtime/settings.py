@@ -76,6 +76,7 @@ class Settings:
     gate_tolerance: float = 0.02
     event_source: str = ""
     port: int = 8080
+    functions_dir: Path = Path("functions")  # where `lepton serve` finds <role>/func.py
     threads: int = 8
     log_level: str = "INFO"
     service: str = ""
@@ -153,6 +154,7 @@ class Settings:
             gate_tolerance=reader.float("LEPTON_GATE_TOLERANCE", 0.02, minimum=0.0, maximum=1.0),
             event_source=reader.str("LEPTON_EVENT_SOURCE", ""),
             port=reader.int("PORT", 8080, minimum=1, maximum=65535),
+            functions_dir=Path(reader.str("LEPTON_FUNCTIONS_DIR", "functions")),
             threads=reader.int("LEPTON_THREADS", 8, minimum=1),
             log_level=reader.str("LEPTON_LOG_LEVEL", "INFO").upper(),
             service=reader.str("K_SERVICE", ""),

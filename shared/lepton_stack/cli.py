@@ -203,7 +203,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from lepton_runtime.server import serve
 
     settings = _function_settings()
-    function_dir = Path(args.function_dir) if args.function_dir else _function_dir(args.role)
+    function_dir = (
+        Path(args.function_dir) if args.function_dir else _function_dir(settings, args.role)
+    )
     if not (function_dir / "func.py").exists():
         return _fail(f"{function_dir}/func.py not found; pass --function-dir", 2)
     serve(function_dir, settings)
@@ -221,13 +223,11 @@ def cmd_train_job(args: argparse.Namespace) -> int:
     )
 
 
-def _function_dir(role: str) -> Path:
+def _function_dir(settings: Any, role: str) -> Path:
+    """LEPTON_FUNCTIONS_DIR/<role> (./functions by default), else this checkout's."""
     from lepton_stack.stack import repo_root
 
-    candidates = [
-        Path(os.environ.get("LEPTON_FUNCTIONS_DIR", "functions")) / role,
-        repo_root() / "functions" / role,
-    ]
+    candidates = [settings.functions_dir / role, repo_root() / "functions" / role]
     return next((c for c in candidates if (c / "func.py").exists()), candidates[-1])
 
 
