@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import parliament.server
 from flask import Flask, Response, request
 from parliament.invocation import Context
+from werkzeug.exceptions import HTTPException
 
 from lepton_runtime.emit import event_from_http
 from lepton_runtime.errors import PayloadTooLargeError
@@ -81,6 +82,15 @@ def build_app(func: Any, settings: Settings) -> Flask:
         return parliament.server.invoke(func, context)
 
     app.view_functions["handle_post"] = handle_post
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        # Flask's own answers (unknown path, wrong method) in the functions' error format.
+        code = (error.name or "error").lower().replace(" ", "_")
+        return json_response(
+            {"error": {"code": code, "message": error.description or error.name}},
+            error.code or 500,
+        )
 
     metrics = getattr(service, "metrics", None)
     if metrics is not None:

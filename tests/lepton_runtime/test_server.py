@@ -95,6 +95,18 @@ def test_binary_cloudevent_reaches_main_with_decoded_attributes(client, fake) ->
     assert fake.contexts[-1].cloud_event.get_data() == {"a": 1}
 
 
+def test_unknown_path_is_a_json_404(client) -> None:
+    response = client.post("/nothing/here", data=b"x")
+    assert response.status_code == 404
+    assert response.get_json()["error"]["code"] == "not_found"
+
+
+def test_wrong_method_is_a_json_405(client) -> None:
+    response = client.put("/", data=b"x")
+    assert response.status_code == 405
+    assert response.get_json()["error"]["code"] == "method_not_allowed"
+
+
 def test_body_over_the_limit_never_reaches_main_as_a_crash(fake) -> None:
     func = SimpleNamespace(main=lambda context: context.request.get_data(), service=fake)
     app = build_app(func, Settings.from_env({"LEPTON_MAX_BODY_BYTES": "10"}))
