@@ -6,7 +6,6 @@ microseconds, not gigabytes. Every failure is a typed `ImageError`.
 
 from __future__ import annotations
 
-import functools
 import io
 import warnings
 from dataclasses import dataclass
@@ -56,9 +55,13 @@ def decode_image(
             image = ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise NotAnImageError(f"the image data is truncated or corrupt ({exc})") from exc
-    array = _fit(_to_channels(image, prep), prep)
-    # Polarity is judged on the final array: the same answer from a fraction of the pixels.
-    if prep.background != "keep" and _bright_background(array) == (prep.background == "dark"):
+    image = _to_channels(image, prep)
+    background = _border_level(np.asarray(image, dtype=np.float32))
+    if prep.crop:
+        image = _crop_to_content(image, background)
+    array = _fit(image, prep, background)
+    # Judged on the whole image's border, before cropping put ink at the edges.
+    if prep.background != "keep" and (background > 127.5) == (prep.background == "dark"):
         np.subtract(255.0, array, out=array)
     return array
 
@@ -143,20 +146,6 @@ def _composite_alpha(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.rint(flat).astype(np.uint8), mode="RGB")
 
 
-@functools.lru_cache(maxsize=32)
-def _ring_mask(height: int, width: int) -> np.ndarray:
-    mask = np.zeros((height, width), dtype=bool)
-    mask[0, :] = mask[-1, :] = mask[:, 0] = mask[:, -1] = True
-    return mask
-
-
-def _bright_background(array: np.ndarray) -> bool:
-    """True when most of the outermost pixel ring is bright (a median test, done by vote)."""
-    gray = array[..., 0] if array.shape[-1] == 1 else array.mean(axis=-1)
-    ring = gray[_ring_mask(*gray.shape)]
-    return 2 * int(np.count_nonzero(ring > 127.5)) > ring.size
-
-
 def _border_level(array: np.ndarray) -> float:
     """Median brightness of the outermost pixel ring: the image's background estimate."""
     gray = array if array.ndim == 2 else array.mean(axis=-1)
@@ -164,13 +153,31 @@ def _border_level(array: np.ndarray) -> float:
     return float(np.median(ring))
 
 
-def _fit(image: Image.Image, prep: Preprocessing) -> np.ndarray:
+# How far (of 255) a pixel must stand from the background to count as content when cropping:
+# high enough to ignore JPEG noise and faint anti-aliasing, low enough to keep thin strokes.
+_CONTENT_THRESHOLD = 64
+
+
+def _crop_to_content(image: Image.Image, background: float) -> Image.Image:
+    """Cut to the bounding box of the pixels that stand out from the background."""
+    pixels = np.asarray(image, dtype=np.float32)
+    gray = pixels if pixels.ndim == 2 else pixels.mean(axis=-1)
+    content = np.abs(gray - background) > _CONTENT_THRESHOLD
+    rows = np.flatnonzero(content.any(axis=1))
+    if rows.size == 0:
+        return image  # blank: nothing to centre on
+    cols = np.flatnonzero(content.any(axis=0))
+    box = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+    return image if box == (0, 0, *image.size) else image.crop(box)
+
+
+def _fit(image: Image.Image, prep: Preprocessing, background: float) -> np.ndarray:
     """Resize to the model's input size (padding to the target aspect first when fit='pad')."""
     width, height = image.size
     if prep.fit == "pad" and width * prep.height != height * prep.width:
         scale = max(width / prep.width, height / prep.height)
         canvas_size = (round(prep.width * scale), round(prep.height * scale))
-        fill = round(_border_level(np.asarray(image)))
+        fill = round(background)
         canvas = Image.new(image.mode, canvas_size, (fill,) * len(image.getbands()))
         canvas.paste(image, ((canvas_size[0] - width) // 2, (canvas_size[1] - height) // 2))
         image = canvas

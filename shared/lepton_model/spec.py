@@ -21,8 +21,9 @@ class Preprocessing:
     """How image bytes become a model input; stored with the model so serving matches training.
 
     `background="dark"` turns images so their background is dark (ink bright), which makes a
-    model trained on one polarity read the other; `fit="pad"` keeps the aspect ratio by padding
-    with the background colour before resizing.
+    model trained on one polarity read the other; `crop=True` cuts the image to the bounding
+    box of what differs from its background, so margins and position do not matter;
+    `fit="pad"` keeps the aspect ratio by padding with the background colour before resizing.
     """
 
     height: int = 28
@@ -30,6 +31,7 @@ class Preprocessing:
     channels: int = 1
     background: Background = "dark"
     fit: Fit = "pad"
+    crop: bool = True
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -50,7 +52,8 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
-        return _from_mapping(cls, data)
+        # Models saved before `crop` existed were trained without it: serve them the same way.
+        return _from_mapping(cls, {"crop": False, **data})
 
 
 @dataclass(frozen=True)

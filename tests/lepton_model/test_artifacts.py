@@ -61,6 +61,7 @@ def test_metadata_describes_the_model(tiny_artifact: ExportedModel, tiny_dataset
         "channels": 1,
         "background": "dark",
         "fit": "pad",
+        "crop": True,
     }
     assert data["spec"]["filters"] == [4, 8]
     assert data["metrics"]["val_accuracy"] == trained.evaluation.accuracy

@@ -181,6 +181,13 @@ def _exif_rotated(image: Image.Image, orientation: int, transpose: Image.Transpo
     return _encode(stored, "JPEG", quality=90, exif=exif.tobytes())
 
 
+def _framed(image: Image.Image, canvas: int, at: tuple[int, int] | None = None) -> Image.Image:
+    """The digit pasted on a larger black canvas (centred, or at `at`), MNIST-style margins."""
+    frame = Image.new("L", (canvas, canvas), 0)
+    frame.paste(image, at or ((canvas - image.width) // 2, (canvas - image.height) // 2))
+    return frame
+
+
 NEAREST, BICUBIC = Image.Resampling.NEAREST, Image.Resampling.BICUBIC
 RENDERINGS: dict[str, Callable[[np.ndarray], bytes]] = {
     "png-64-nearest": lambda d: _encode(_upscaled(d, 64, NEAREST), "PNG"),
@@ -199,6 +206,14 @@ RENDERINGS: dict[str, Callable[[np.ndarray], bytes]] = {
     "exif-6-jpeg": lambda d: _exif_rotated(_upscaled(d, 96, BICUBIC), 6, Image.Transpose.ROTATE_90),
     "exif-8-jpeg": lambda d: _exif_rotated(
         _upscaled(d, 96, BICUBIC), 8, Image.Transpose.ROTATE_270
+    ),
+    "png-28-with-margins": lambda d: _encode(_framed(_upscaled(d, 20, BICUBIC), 28), "PNG"),
+    "png-120-off-centre": lambda d: _encode(
+        _framed(_upscaled(d, 48, BICUBIC), 120, at=(8, 60)), "PNG"
+    ),
+    "dark-on-white-jpeg-with-margins": lambda d: _encode(
+        Image.eval(_framed(_upscaled(d, 40, BICUBIC), 64), lambda v: 255 - v).convert("RGB"),
+        "JPEG",
     ),
 }
 

@@ -28,6 +28,9 @@ from lepton_model.spec import Preprocessing
 LOSSLESS = {"PNG", "GIF", "BMP", "TIFF"}
 MiB = 1024 * 1024
 
+# The fidelity tests compare whole pictures: cropping to content is tested on its own below.
+NO_CROP = Preprocessing(crop=False)
+
 
 def encode_image(image: Image.Image, image_format: str, **options: Any) -> bytes:
     """Save `image` in `image_format` and return the encoded bytes."""
@@ -140,7 +143,7 @@ def test_every_format_and_mode_decodes_to_the_same_picture(
         if case.mode == "P+transparency":
             assert "transparency" in stored.info
 
-    decoded = decode_image(data)
+    decoded = decode_image(data, NO_CROP)
 
     lossy = case.image_format not in LOSSLESS and dict(case.options).get("lossless") is not True
     assert_same_picture(decoded, as_input(glyph), lossy)
@@ -148,7 +151,11 @@ def test_every_format_and_mode_decodes_to_the_same_picture(
 
 @pytest.mark.parametrize(
     "preprocessing",
-    [Preprocessing(), Preprocessing(height=32, width=48, channels=3), Preprocessing(8, 8)],
+    [
+        Preprocessing(crop=False),
+        Preprocessing(height=32, width=48, channels=3, crop=False),
+        Preprocessing(8, 8, crop=False),
+    ],
     ids=["28x28x1", "32x48x3", "8x8x1"],
 )
 def test_output_has_the_model_input_shape_as_float32_in_0_255(
@@ -170,8 +177,8 @@ def test_animated_gif_decodes_its_first_frame(glyph: np.ndarray) -> None:
     with Image.open(io.BytesIO(glyph_first)) as animated:
         assert animated.n_frames == 2
 
-    assert np.array_equal(decode_image(glyph_first), as_input(glyph))
-    assert np.array_equal(decode_image(diagonal_first), as_input(np.asarray(second)))
+    assert np.array_equal(decode_image(glyph_first, NO_CROP), as_input(glyph))
+    assert np.array_equal(decode_image(diagonal_first, NO_CROP), as_input(np.asarray(second)))
 
 
 # -- EXIF orientation ---------------------------------------------------------------------------
@@ -195,10 +202,10 @@ def test_exif_orientation_is_applied(
     exif = Image.Exif()
     exif[0x0112] = orientation
     stored = glyph_image.convert("RGB").transpose(STORED_AS[orientation])
-    upright = decode_image(encode_image(glyph_image.convert("RGB"), image_format))
-    untagged = decode_image(encode_image(stored, image_format))
+    upright = decode_image(encode_image(glyph_image.convert("RGB"), image_format), NO_CROP)
+    untagged = decode_image(encode_image(stored, image_format), NO_CROP)
 
-    decoded = decode_image(encode_image(stored, image_format, exif=exif.tobytes()))
+    decoded = decode_image(encode_image(stored, image_format, exif=exif.tobytes()), NO_CROP)
 
     assert np.abs(untagged - upright).mean() > 30.0  # the glyph is not rotation-symmetric
     assert np.abs(decoded - upright).mean() < 3.0
@@ -214,8 +221,8 @@ def test_dark_ink_on_white_reads_like_white_ink_on_black(
     bright_on_dark = Image.fromarray(glyph, mode="L").convert(mode)
     dark_on_bright = Image.fromarray(255 - glyph, mode="L").convert(mode)
 
-    normal = decode_image(encode_image(bright_on_dark, image_format))
-    inverted = decode_image(encode_image(dark_on_bright, image_format))
+    normal = decode_image(encode_image(bright_on_dark, image_format), NO_CROP)
+    inverted = decode_image(encode_image(dark_on_bright, image_format), NO_CROP)
 
     assert np.abs(normal - inverted).mean() < 3.0
     assert_same_picture(normal, as_input(glyph), lossy=image_format == "JPEG")
@@ -229,14 +236,16 @@ def test_background_setting_chooses_the_output_polarity(
 ) -> None:
     for source in (glyph, 255 - glyph):
         decoded = decode_image(
-            encode_image(Image.fromarray(source), "PNG"), Preprocessing(background=background)
+            encode_image(Image.fromarray(source), "PNG"),
+            Preprocessing(background=background, crop=False),
         )
         assert decoded[0, 0, 0] == expected_border
 
 
 def test_background_keep_leaves_polarity_alone(glyph: np.ndarray) -> None:
     decoded = decode_image(
-        encode_image(Image.fromarray(255 - glyph), "PNG"), Preprocessing(background="keep")
+        encode_image(Image.fromarray(255 - glyph), "PNG"),
+        Preprocessing(background="keep", crop=False),
     )
 
     assert np.array_equal(decoded, as_input(255 - glyph))
@@ -257,13 +266,15 @@ def test_ink_carried_only_by_alpha_is_visible(mode: str, colour: int, glyph: np.
     image = Image.merge(mode, [*flat, Image.fromarray(glyph)])
     contrast = max(colour, 255 - colour) / 255.0
 
-    decoded = decode_image(encode_image(image, "PNG"))
+    decoded = decode_image(encode_image(image, "PNG"), NO_CROP)
 
     assert_same_picture(decoded, np.rint(as_input(glyph) * contrast), lossy=False)
 
 
 def test_fully_transparent_image_decodes_to_background() -> None:
-    decoded = decode_image(encode_image(Image.new("RGBA", (28, 28), (255, 0, 0, 0)), "PNG"))
+    decoded = decode_image(
+        encode_image(Image.new("RGBA", (28, 28), (255, 0, 0, 0)), "PNG"), NO_CROP
+    )
 
     assert not decoded.any()
 
@@ -277,7 +288,9 @@ def _tall_square_picture(ink: int, background: int) -> Image.Image:
 
 @pytest.mark.parametrize(("ink", "background"), [(255, 0), (0, 255)], ids=["light-ink", "dark-ink"])
 def test_pad_keeps_the_aspect_ratio_and_pads_with_the_background(ink: int, background: int) -> None:
-    decoded = decode_image(encode_image(_tall_square_picture(ink, background), "PNG"))[..., 0]
+    decoded = decode_image(encode_image(_tall_square_picture(ink, background), "PNG"), NO_CROP)[
+        ..., 0
+    ]
 
     bright = decoded > 127
     rows, cols = np.flatnonzero(bright.any(axis=1)), np.flatnonzero(bright.any(axis=0))
@@ -288,7 +301,7 @@ def test_pad_keeps_the_aspect_ratio_and_pads_with_the_background(ink: int, backg
 
 def test_stretch_fills_the_input_ignoring_the_aspect_ratio() -> None:
     decoded = decode_image(
-        encode_image(_tall_square_picture(255, 0), "PNG"), Preprocessing(fit="stretch")
+        encode_image(_tall_square_picture(255, 0), "PNG"), Preprocessing(fit="stretch", crop=False)
     )[..., 0]
 
     bright = decoded > 127
@@ -329,12 +342,12 @@ def test_large_jpeg_is_decoded_at_reduced_scale_with_draft(
     big = glyph_image.resize((2400, 2400), Image.Resampling.BICUBIC)
     canvas = Image.new("L", (3200, 2400), 0)
     canvas.paste(big, (400, 0))
-    full_scale = decode_image(encode_image(canvas, "PNG"))  # PNG: decoded at full size
+    full_scale = decode_image(encode_image(canvas, "PNG"), NO_CROP)  # PNG: decoded at full size
 
     data = encode_image(canvas, "JPEG", quality=90)
     draft_calls.clear()
 
-    decoded = decode_image(data)
+    decoded = decode_image(data, NO_CROP)
 
     assert len(draft_calls) == 1
     call = draft_calls[0]
@@ -347,7 +360,7 @@ def test_large_jpeg_is_decoded_at_reduced_scale_with_draft(
 def test_small_jpeg_is_not_shrunk_below_the_model_input(
     glyph_image: Image.Image, draft_calls: list[DraftCall]
 ) -> None:
-    decode_image(encode_image(glyph_image.resize((40, 40)), "JPEG"))
+    decode_image(encode_image(glyph_image.resize((40, 40)), "JPEG"), NO_CROP)
 
     assert [call.after for call in draft_calls] == [(40, 40)]
 
@@ -515,3 +528,44 @@ def test_a_gif_cut_at_any_byte_raises_only_image_errors() -> None:
     for end in range(1, len(data)):
         with contextlib.suppress(ImageError):
             decode_image(data[:end])
+
+
+# Cropping to content
+
+
+def _digit_on_canvas(canvas: int, inner: int, offset: tuple[int, int] | None = None) -> bytes:
+    glyph = np.zeros((20, 12), dtype=np.uint8)
+    glyph[2:18, 2:10] = 255
+    glyph[5:15, 5:7] = 0  # a "0"-like ring: taller than wide
+    ink = Image.fromarray(glyph).resize((inner * 12 // 20, inner), Image.Resampling.BILINEAR)
+    picture = Image.new("L", (canvas, canvas), 0)
+    x, y = offset or ((canvas - ink.width) // 2, (canvas - inner) // 2)
+    picture.paste(ink, (x, y))
+    return encode_image(picture, "PNG")
+
+
+def test_margins_do_not_change_the_input() -> None:
+    tight = decode_image(_digit_on_canvas(40, 40))
+    framed = decode_image(_digit_on_canvas(120, 40))
+    assert np.abs(tight - framed).mean() < 8
+
+
+def test_position_on_the_canvas_does_not_change_the_input() -> None:
+    centred = decode_image(_digit_on_canvas(120, 40))
+    corner = decode_image(_digit_on_canvas(120, 40, offset=(3, 5)))
+    assert np.abs(centred - corner).mean() < 8
+
+
+def test_cropped_content_fills_the_input_height() -> None:
+    decoded = decode_image(_digit_on_canvas(120, 40))[..., 0]
+    rows_with_ink = np.flatnonzero((decoded > 64).any(axis=1))
+    assert rows_with_ink[0] <= 1 and rows_with_ink[-1] >= 26
+
+
+def test_a_blank_image_is_not_cropped() -> None:
+    blank = encode_image(Image.new("L", (50, 30), 0), "PNG")
+    assert np.array_equal(decode_image(blank), np.zeros((28, 28, 1), dtype=np.float32))
+
+
+def test_models_saved_before_cropping_existed_are_served_without_it() -> None:
+    assert Preprocessing.from_dict({"height": 28, "width": 28}).crop is False

@@ -89,7 +89,8 @@ def test_from_dict_ignores_unknown_keys_and_fills_defaults() -> None:
         {"num_classes": 3, "activation": "gelu", "preprocessing": {"height": 32, "colour": 1}}
     )
 
-    assert restored == ModelSpec(num_classes=3, preprocessing=Preprocessing(height=32))
+    # An old model's preprocessing without `crop` is read as not cropping (how it was trained).
+    assert restored == ModelSpec(num_classes=3, preprocessing=Preprocessing(height=32, crop=False))
 
 
 @pytest.mark.parametrize(
