@@ -56,9 +56,11 @@ def decode_image(
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise NotAnImageError(f"the image data is truncated or corrupt ({exc})") from exc
     image = _to_channels(image, prep)
-    background = _border_level(np.asarray(image, dtype=np.float32))
+    pixels = np.asarray(image)
+    gray = pixels if pixels.ndim == 2 else pixels.mean(axis=-1, dtype=np.float32)
+    background = _border_level(gray)
     if prep.crop:
-        image = _crop_to_content(image, background)
+        image = _crop_to_content(image, gray, background)
     array = _fit(image, prep, background)
     # Judged on the whole image's border, before cropping put ink at the edges.
     if prep.background != "keep" and (background > 127.5) == (prep.background == "dark"):
@@ -146,11 +148,11 @@ def _composite_alpha(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.rint(flat).astype(np.uint8), mode="RGB")
 
 
-def _border_level(array: np.ndarray) -> float:
-    """Median brightness of the outermost pixel ring: the image's background estimate."""
-    gray = array if array.ndim == 2 else array.mean(axis=-1)
-    ring = np.concatenate([gray[0, :], gray[-1, :], gray[:, 0], gray[:, -1]])
-    return float(np.median(ring))
+def _border_level(gray: np.ndarray) -> float:
+    """Median brightness of the outermost pixel ring of a 2-D image: its background."""
+    ring = np.concatenate((gray[0, :], gray[-1, :], gray[1:-1, 0], gray[1:-1, -1]))
+    ring.sort()
+    return float(ring[ring.size // 2])
 
 
 # How far (of 255) a pixel must stand from the background to count as content when cropping:
@@ -158,11 +160,9 @@ def _border_level(array: np.ndarray) -> float:
 _CONTENT_THRESHOLD = 64
 
 
-def _crop_to_content(image: Image.Image, background: float) -> Image.Image:
+def _crop_to_content(image: Image.Image, gray: np.ndarray, background: float) -> Image.Image:
     """Cut to the bounding box of the pixels that stand out from the background."""
-    pixels = np.asarray(image, dtype=np.float32)
-    gray = pixels if pixels.ndim == 2 else pixels.mean(axis=-1)
-    content = np.abs(gray - background) > _CONTENT_THRESHOLD
+    content = (gray < background - _CONTENT_THRESHOLD) | (gray > background + _CONTENT_THRESHOLD)
     rows = np.flatnonzero(content.any(axis=1))
     if rows.size == 0:
         return image  # blank: nothing to centre on

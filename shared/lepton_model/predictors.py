@@ -45,19 +45,20 @@ def tensorflow_available() -> bool:
 
 @dataclass(frozen=True)
 class _Slot:
-    """One interpreter sized for one batch size, its lock, and its tensor indices."""
+    """One interpreter sized for one batch size, and its tensor indices."""
 
     interpreter: Any
-    lock: threading.Lock
     input_index: int
     output_index: int
 
 
 class LiteRTPredictor:
-    """A LiteRT interpreter per batch size (a few kept), each used under its own lock.
+    """LiteRT interpreters, one set per calling thread, one interpreter per batch size.
 
-    A LiteRT Interpreter is not thread-safe and resizing its input re-plans memory, so one
-    interpreter is kept per recently used batch size rather than resizing on every call.
+    A LiteRT Interpreter is not thread-safe. Sharing one behind a lock makes server threads
+    queue behind whichever holder lost the GIL; giving each thread its own interpreters (the
+    model is small) removes the lock altogether. Resizing an input re-plans memory, so a few
+    recently used batch sizes keep an interpreter each.
     """
 
     runtime = "litert"
@@ -65,8 +66,7 @@ class LiteRTPredictor:
     def __init__(self, model: Path | bytes, max_interpreters: int = 4) -> None:
         self._content = Path(model).read_bytes() if isinstance(model, (str, Path)) else model
         self._max = max_interpreters
-        self._interpreters: OrderedDict[int, _Slot] = OrderedDict()
-        self._table_lock = threading.Lock()
+        self._local = threading.local()
         first = self._slot(1).interpreter
         self.input_shape = tuple(int(v) for v in first.get_input_details()[0]["shape"][1:])
         self.num_classes = int(first.get_output_details()[0]["shape"][-1])
@@ -84,32 +84,28 @@ class LiteRTPredictor:
             interpreter.resize_tensor_input(detail["index"], shape, strict=False)
         interpreter.allocate_tensors()
         return _Slot(
-            interpreter,
-            threading.Lock(),
-            int(detail["index"]),
-            int(interpreter.get_output_details()[0]["index"]),
+            interpreter, int(detail["index"]), int(interpreter.get_output_details()[0]["index"])
         )
 
     def _slot(self, batch_size: int) -> _Slot:
-        with self._table_lock:
-            slot = self._interpreters.get(batch_size)
-            if slot is not None:
-                self._interpreters.move_to_end(batch_size)
-                return slot
-        slot = self._new_interpreter(batch_size)
-        with self._table_lock:
-            self._interpreters[batch_size] = slot
-            while len(self._interpreters) > self._max:
-                self._interpreters.popitem(last=False)
+        slots: OrderedDict[int, _Slot] | None = getattr(self._local, "slots", None)
+        if slots is None:
+            slots = self._local.slots = OrderedDict()
+        slot = slots.get(batch_size)
+        if slot is None:
+            slot = slots[batch_size] = self._new_interpreter(batch_size)
+            while len(slots) > self._max:
+                slots.popitem(last=False)
+        else:
+            slots.move_to_end(batch_size)
         return slot
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         slot = self._slot(int(batch.shape[0]))
-        with slot.lock:
-            slot.interpreter.set_tensor(slot.input_index, batch)
-            slot.interpreter.invoke()
-            return np.array(slot.interpreter.get_tensor(slot.output_index))
+        slot.interpreter.set_tensor(slot.input_index, batch)
+        slot.interpreter.invoke()
+        return np.array(slot.interpreter.get_tensor(slot.output_index))
 
 
 class KerasPredictor:

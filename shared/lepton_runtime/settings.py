@@ -77,7 +77,7 @@ class Settings:
     event_source: str = ""
     port: int = 8080
     functions_dir: Path = Path("functions")  # where `lepton serve` finds <role>/func.py
-    threads: int = 8
+    threads: int = 4
     log_level: str = "INFO"
     service: str = ""
     revision: str = ""
@@ -155,7 +155,7 @@ class Settings:
             event_source=reader.str("LEPTON_EVENT_SOURCE", ""),
             port=reader.int("PORT", 8080, minimum=1, maximum=65535),
             functions_dir=Path(reader.str("LEPTON_FUNCTIONS_DIR", "functions")),
-            threads=reader.int("LEPTON_THREADS", 8, minimum=1),
+            threads=reader.int("LEPTON_THREADS", 4, minimum=1),
             log_level=reader.str("LEPTON_LOG_LEVEL", "INFO").upper(),
             service=reader.str("K_SERVICE", ""),
             revision=reader.str("K_REVISION", ""),
