@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -40,7 +49,9 @@ class FunctionMetrics:
             "The model version being served (value 1 for the live one).",
             ("function", "name", "version", "runtime"),
             registry=self.registry,
+            multiprocess_mode="livemax",  # with several workers: 1 while any serves it
         )
+        self._model_labels: tuple[str, ...] | None = None
         self._loads = Counter(
             "lepton_model_loads",
             "Model loads, by outcome.",
@@ -62,8 +73,10 @@ class FunctionMetrics:
         self._batch.observe(size)
 
     def model_loaded(self, name: str, version: str, runtime: str) -> None:
-        self._model.clear()
-        self._model.labels(self.function, name, version, runtime).set(1)
+        if self._model_labels is not None:
+            self._model.labels(*self._model_labels).set(0)
+        self._model_labels = (self.function, name, version, runtime)
+        self._model.labels(*self._model_labels).set(1)
         self._loads.labels(self.function, "ok").inc()
 
     def model_load_failed(self) -> None:
@@ -73,4 +86,10 @@ class FunctionMetrics:
         self._events.labels(self.function, outcome).inc(count)
 
     def render(self) -> tuple[bytes, str]:
+        """The exposition text; summed over every worker process when the server runs several
+        (prometheus-client's multiprocess mode, configured by PROMETHEUS_MULTIPROC_DIR)."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

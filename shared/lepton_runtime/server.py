@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import _thread
 import logging
+import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -32,7 +34,13 @@ log = logging.getLogger("lepton.server")
 
 
 class FunctionService(Protocol):
-    """What a func.py may expose as `service` for the server's lifecycle hooks."""
+    """What a func.py may expose as `service` for the server's lifecycle hooks.
+
+    Optional too: `max_workers` (an int: how many processes may serve it at once; the training
+    function says 1), `changed()` (shared state changed: re-read it; called in every worker
+    when one of them announces a change) and `announce` (set by the server: call it to make
+    the other workers' `changed()` run).
+    """
 
     def start(self) -> None: ...
     def stop(self) -> None: ...
@@ -143,17 +151,25 @@ def load_function(function_dir: Path) -> Any:
     return parliament.server.load(str(function_dir))
 
 
-def serve(function_dir: Path, settings: Settings, grace_seconds: float = 30.0) -> None:
-    """Run the function until SIGTERM/SIGINT, then drain in-flight requests and return."""
+def serve_process(
+    func: Any,
+    function_dir: Path,
+    settings: Settings,
+    grace_seconds: float = 30.0,
+    sock: socket.socket | None = None,
+) -> None:
+    """Serve a loaded function in this process until SIGTERM/SIGINT, then drain in-flight
+    requests and return. `sock` is a listening socket to use instead of binding $PORT."""
     import waitress
 
-    func = load_function(function_dir)
     app = build_app(func, settings)
     wsgi = _InFlight(app)
+    where: dict[str, Any] = (
+        {"sockets": [sock]} if sock else {"host": "0.0.0.0", "port": settings.port}
+    )
     server = waitress.create_server(
         wsgi,
-        host="0.0.0.0",
-        port=settings.port,
+        **where,
         threads=settings.threads,
         max_request_body_size=settings.max_body_bytes + 1024 * 1024,
         channel_timeout=120,
@@ -198,6 +214,7 @@ def serve(function_dir: Path, settings: Settings, grace_seconds: float = 30.0) -
             "function": Path(function_dir).name,
             "port": settings.port,
             "threads": settings.threads,
+            "pid": os.getpid(),
         },
     )
     try:

@@ -78,6 +78,7 @@ class Settings:
     port: int = 8080
     functions_dir: Path = Path("functions")  # where `lepton serve` finds <role>/func.py
     threads: int = 4
+    workers: int = 0  # server processes; 0 = one per available CPU
     log_level: str = "INFO"
     service: str = ""
     revision: str = ""
@@ -156,6 +157,7 @@ class Settings:
             port=reader.int("PORT", 8080, minimum=1, maximum=65535),
             functions_dir=Path(reader.str("LEPTON_FUNCTIONS_DIR", "functions")),
             threads=reader.int("LEPTON_THREADS", 4, minimum=1),
+            workers=reader.int("LEPTON_WORKERS", 0, minimum=0, maximum=64),
             log_level=reader.str("LEPTON_LOG_LEVEL", "INFO").upper(),
             service=reader.str("K_SERVICE", ""),
             revision=reader.str("K_REVISION", ""),

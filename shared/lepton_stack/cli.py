@@ -200,7 +200,7 @@ def _function_settings() -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from lepton_runtime.server import serve
+    from lepton_runtime.workers import serve
 
     settings = _function_settings()
     function_dir = (

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from flask import Request, Response
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from lepton_model.classifier import Classifier
-from lepton_model.errors import ImageError
+from lepton_model.errors import ImageError, LeptonModelError
 from lepton_model.imaging import ImageLimits
 from lepton_runtime import codecs
 from lepton_runtime.emit import (
@@ -100,6 +101,20 @@ class InferenceService:
     # lifecycle hooks used by lepton_runtime.server
     def start(self) -> None:
         self.registry.start()
+
+    def announce(self) -> None:
+        """Tell sibling worker processes that a new model went live (set by the server)."""
+
+    def changed(self) -> None:
+        """A sibling worker saw a new model: check latest.json now (in the background, as this
+        may run in a signal handler)."""
+        threading.Thread(target=self._refresh_quietly, name="model-refresh", daemon=True).start()
+
+    def _refresh_quietly(self) -> None:
+        try:
+            self.registry.refresh()
+        except (LeptonError, LeptonModelError, OSError) as exc:
+            log.warning("model refresh failed", extra={"error": str(exc)})
 
     def stop(self) -> None:
         self.registry.stop()
@@ -277,6 +292,7 @@ class InferenceService:
         data = event.data if isinstance(event.data, dict) else {}
         if data.get("name") == self.settings.model_name and data.get("promoted", True):
             self.registry.refresh()
+            self.announce()
         return Response(status=202)
 
     def _process(self, classifier: Classifier, ref: ObjectRef) -> ObjectOutcome:

@@ -75,6 +75,7 @@ class TrainingService:
     """Wires settings and storage to lepton_model's training; one training at a time."""
 
     role = "train"
+    max_workers = 1  # one training at a time per instance (containerConcurrency 1)
 
     def __init__(
         self, settings: Settings, storage: Storage, metrics: FunctionMetrics | None = None
