@@ -88,7 +88,7 @@ class FunctionMetrics:
     def render(self) -> tuple[bytes, str]:
         """The exposition text; summed over every worker process when the server runs several
         (prometheus-client's multiprocess mode, configured by PROMETHEUS_MULTIPROC_DIR)."""
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -166,7 +166,7 @@ def _signal(pid: int, signum: int) -> None:
 
 
 def _mark_dead(pid: int) -> None:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid)

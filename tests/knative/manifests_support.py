@@ -171,7 +171,11 @@ def code_env_reads() -> dict[str, EnvRead]:
 
 
 def _env_read(node: ast.AST) -> tuple[str, bool] | None:
-    if isinstance(node, ast.Subscript) and _dotted(node.value) in ("os.environ", "environ"):
+    if (
+        isinstance(node, ast.Subscript)
+        and isinstance(node.ctx, ast.Load)  # os.environ["X"] = ... sets, it does not read
+        and _dotted(node.value) in ("os.environ", "environ")
+    ):
         key = node.slice
         if isinstance(key, ast.Constant) and isinstance(key.value, str):
             return key.value, False
