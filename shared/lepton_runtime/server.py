@@ -156,16 +156,28 @@ def serve_process(
     function_dir: Path,
     settings: Settings,
     grace_seconds: float = 30.0,
-    sock: socket.socket | None = None,
+    listen: Callable[[], socket.socket] | None = None,
+    ready_wait: float = 0.0,
 ) -> None:
     """Serve a loaded function in this process until SIGTERM/SIGINT, then drain in-flight
-    requests and return. `sock` is a listening socket to use instead of binding $PORT."""
+    requests and return.
+
+    `listen` makes the listening socket instead of binding $PORT. With `ready_wait`, the socket
+    is opened only once the function is ready (or the wait is over): a worker that shares the
+    port with others then takes no request before its model is loaded.
+    """
     import waitress
 
     app = build_app(func, settings)
     wsgi = _InFlight(app)
+    service: FunctionService | None = getattr(func, "service", None)
+    if service is not None:
+        service.start()
+        deadline = time.monotonic() + ready_wait
+        while time.monotonic() < deadline and not service.ready():
+            time.sleep(0.02)
     where: dict[str, Any] = (
-        {"sockets": [sock]} if sock else {"host": "0.0.0.0", "port": settings.port}
+        {"sockets": [listen()]} if listen else {"host": "0.0.0.0", "port": settings.port}
     )
     server = waitress.create_server(
         wsgi,
@@ -178,7 +190,6 @@ def serve_process(
         ident="lepton",
         clear_untrusted_proxy_headers=False,
     )
-    service: FunctionService | None = getattr(func, "service", None)
     draining: threading.Event = app.extensions["lepton.draining"]
 
     drained = threading.Event()
@@ -206,8 +217,6 @@ def serve_process(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    if service is not None:
-        service.start()
     log.info(
         "serving",
         extra={

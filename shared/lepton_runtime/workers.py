@@ -27,6 +27,10 @@ from lepton_runtime.settings import Settings
 
 log = logging.getLogger("lepton.server")
 
+# How long a worker waits for its model before it takes requests anyway (answering 503 until
+# the model arrives, as a single process does when there is no model yet).
+_READY_WAIT_SECONDS = 15.0
+
 
 def available_cpus() -> int:
     """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a container's
@@ -134,7 +138,8 @@ class _Supervisor:
                 self.function_dir,
                 self.settings,
                 self.grace,
-                sock=_listening_socket(self.settings.port),
+                listen=lambda: _listening_socket(self.settings.port),
+                ready_wait=_READY_WAIT_SECONDS,
             )
         except BaseException:
             log.exception("worker failed")
