@@ -61,9 +61,7 @@ class ModelRegistry:
         self._settings = settings
         self._storage = storage
         self._metrics = metrics
-        self._loader = loader or (
-            lambda path, runtime, top_k: load_classifier(path, runtime, top_k)
-        )  # type: ignore[arg-type]
+        self._loader: Loader = loader or load_classifier  # type: ignore[assignment]
         self._current: Classifier | None = None
         self._load_lock = threading.Lock()
         self._stop = threading.Event()

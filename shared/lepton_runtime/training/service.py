@@ -15,6 +15,7 @@ import logging
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -452,12 +453,12 @@ class TrainingService:
         return self.settings.models.key(f"{name}/{RUNS_FOLDER}/{run_id}.json")
 
 
+@dataclass(frozen=True)
 class TrainingOutcome:
     """The reply type and data of one training request."""
 
-    def __init__(self, event_type: str, data: dict[str, Any]) -> None:
-        self.event_type = event_type
-        self.data = data
+    event_type: str
+    data: dict[str, Any]
 
     @property
     def ok(self) -> bool:
