@@ -7,6 +7,7 @@ import io
 import json
 import struct
 import zlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -428,3 +429,60 @@ def test_pinned_version_is_served_whatever_latest_says(publish, tmp_path) -> Non
     service = InferenceService(settings, Storage.from_settings(settings))
     service.registry.refresh()
     assert service.registry.require().version == "v1"
+
+
+# --- every inbound format, over HTTP ------------------------------------------------------------
+
+EVENTS = Path(__file__).resolve().parents[2] / "data" / "events"
+CREATED = [
+    "s3_object_created.json",
+    "s3_object_created_moto.json",
+    "sqs_message.json",
+    "sqs_batch.json",
+    "sns_notification.json",
+    "sns_lambda.json",
+    "sns_in_sqs.json",
+    "minio_object_created.json",
+    "eventbridge_object_created.json",
+    "cloudevent_s3_binary.json",
+    "cloudevent_s3_structured.json",
+    "knative_aws_sqs.json",
+]
+IGNORED = [
+    "s3_object_removed.json",
+    "s3_test_event.json",
+    "minio_object_removed.json",
+    "eventbridge_object_deleted.json",
+    "knative_aws_sqs_test_event.json",
+]
+
+
+def post_fixture(client, name: str):
+    payload = json.loads((EVENTS / name).read_text())
+    if "headers" in payload:  # an HTTP request as a CloudEvents sender makes it
+        body = payload["body"]
+        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        return client.post("/", data=data, headers=payload["headers"])
+    return client.post("/", json=payload)
+
+
+@pytest.mark.parametrize("name", CREATED)
+def test_every_upload_notification_format_gets_a_result(
+    client, s3, upload, digit_png, name
+) -> None:
+    upload("images/cat 1.png", digit_png[6])
+    response = post_fixture(client, name)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert reply_of(response)["type"] == "ai.lepton.inference.completed"
+    assert result_of(s3, "images/cat 1.png")["predictions"][0]["label"] == "6"
+
+
+@pytest.mark.parametrize("name", IGNORED)
+def test_test_and_delete_notifications_are_acknowledged_and_ignored(client, s3, name) -> None:
+    response = post_fixture(client, name)
+    assert response.status_code == 202
+    assert "Contents" not in s3.list_objects_v2(Bucket="lepton-results")
+
+
+def test_head_on_the_root_answers_2xx_for_minio(client) -> None:
+    assert client.head("/").status_code == 200
