@@ -60,6 +60,8 @@ from lepton_runtime.storage import Storage
 log = logging.getLogger("lepton.infer")
 
 _V1_PREFIX = "/v1/models/"
+# What clients send when they do not say (curl -d / --data-binary, plain text): sniffed.
+_GENERIC_TYPES = ("", "application/x-www-form-urlencoded", "text/plain")
 _MAX_RESULT_BYTES = 1024 * 1024
 
 
@@ -145,12 +147,14 @@ class InferenceService:
         body = self._body(request)
         if mtype.startswith("image/") or mtype == "application/octet-stream":
             return "image", lambda: self._answer_images([("body", body)])
-        if codecs.is_json_type(mtype) or (not mtype and body.lstrip()[:1] in (b"{", b"[")):
+        if codecs.is_json_type(mtype) or (
+            mtype in _GENERIC_TYPES and body.lstrip()[:1] in (b"{", b"[")
+        ):
             payload = self._json(body)
             if looks_like_event(payload):
                 return "event", lambda: self._event(parse_json(payload))
             return "tfserving", lambda: self._tfserving(payload)
-        if mtype in ("", "application/x-www-form-urlencoded") and codecs.looks_like_image(body):
+        if mtype in _GENERIC_TYPES and codecs.looks_like_image(body):
             return "image", lambda: self._answer_images([("body", body)])  # curl --data-binary
         if not body:
             raise BadRequestError("the request body is empty; send an image or JSON")

@@ -123,6 +123,15 @@ def test_tfserving_non_numeric_instances_are_a_bad_request(client) -> None:
     assert response.status_code == 400
 
 
+def test_curl_default_form_type_with_tfserving_json_is_understood(client, digit_png) -> None:
+    body = json.dumps({"instances": [{"b64": base64.b64encode(digit_png[2]).decode()}]})
+    response = client.post(
+        "/", data=body, headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert response.status_code == 200
+    assert int(np.argmax(response.get_json()["predictions"][0])) == 2
+
+
 def test_json_without_instances_is_a_bad_request(client) -> None:
     assert client.post("/", json={"hello": "world"}).status_code == 400
 
@@ -171,10 +180,20 @@ def _png_header_claiming(width: int, height: int) -> bytes:
         (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "image/png", 400, "not_an_image"),
         (b'<svg xmlns="http://www.w3.org/2000/svg"/>', "image/svg+xml", 415, "unsupported_image"),
         (b"hello", "text/plain", 415, "unsupported_media_type"),
+        (b"<doc/>", "application/xml", 415, "unsupported_media_type"),
         (b"{not json", "application/json", 400, "bad_request"),
         (_png_header_claiming(60000, 60000), "image/png", 413, "image_too_large"),
     ],
-    ids=["empty", "text-as-png", "truncated-png", "svg", "text-plain", "bad-json", "png-bomb"],
+    ids=[
+        "empty",
+        "text-as-png",
+        "truncated-png",
+        "svg",
+        "text-plain",
+        "xml",
+        "bad-json",
+        "png-bomb",
+    ],
 )
 def test_bad_input_gets_a_clear_4xx(client, body, content_type, status, code) -> None:
     response = post_image(client, body, content_type)
