@@ -279,18 +279,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return status
 
 
-def _s3(state: dict[str, Any]) -> Any:
+def _client(state: dict[str, Any], service: str) -> Any:
+    """A boto3 client for the running stack's S3 or SQS endpoint."""
     import boto3
     from botocore.config import Config
 
     return boto3.client(
-        "s3",
+        service,
         endpoint_url=state["s3_endpoint"],
         region_name=state["region"],
         aws_access_key_id=state["access_key"],
         aws_secret_access_key=state["secret_key"],
         config=Config(s3={"addressing_style": "path"}),
     )
+
+
+def _s3(state: dict[str, Any]) -> Any:
+    return _client(state, "s3")
 
 
 def cmd_put(args: argparse.Namespace) -> int:
@@ -480,7 +485,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 accuracy = "(incomplete)"
             marker = "  <- live" if version == live else ""
             print(f"  {version}  {accuracy}{marker}")
-    sqs = _sqs(state)
+    sqs = _client(state, "sqs")
     for label, url in state.get("queues", {}).items():
         attrs = sqs.get_queue_attributes(
             QueueUrl=url,
@@ -503,18 +508,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     except requests.RequestException:
         print("router: not answering")
     return 0
-
-
-def _sqs(state: dict[str, Any]) -> Any:
-    import boto3
-
-    return boto3.client(
-        "sqs",
-        endpoint_url=state["s3_endpoint"],
-        region_name=state["region"],
-        aws_access_key_id=state["access_key"],
-        aws_secret_access_key=state["secret_key"],
-    )
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
