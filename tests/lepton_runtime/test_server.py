@@ -4,11 +4,8 @@ a SIGTERM drain."""
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import socket
 import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -114,12 +111,6 @@ def test_body_over_the_limit_never_reaches_main_as_a_crash(fake) -> None:
     assert response.status_code == 413
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
 def slow_function(tmp_path: Path) -> Path:
     folder = tmp_path / "slow"
@@ -137,44 +128,19 @@ def slow_function(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_sigterm_finishes_the_request_in_flight_then_exits(slow_function: Path) -> None:
-    port = _free_port()
-    env = {**os.environ, "PORT": str(port)}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "lepton_stack.cli",
-            "serve",
-            "infer",
-            "--function-dir",
-            str(slow_function),
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+def test_sigterm_finishes_the_request_in_flight_then_exits(
+    slow_function: Path, serve_function
+) -> None:
+    process, url = serve_function(slow_function, output=subprocess.PIPE)
+    answers: list[requests.Response] = []
+    request = threading.Thread(
+        target=lambda: answers.append(requests.post(f"{url}/?sleep=1.5", timeout=10))
     )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{url}/health/liveness", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.1)
-        answers: list[requests.Response] = []
-        request = threading.Thread(
-            target=lambda: answers.append(requests.post(f"{url}/?sleep=1.5", timeout=10))
-        )
-        request.start()
-        time.sleep(0.5)
-        process.send_signal(signal.SIGTERM)
-        request.join()
-        code = process.wait(timeout=10)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    request.start()
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    request.join()
+    code = process.wait(timeout=10)
     assert answers and answers[0].status_code == 200
     assert answers[0].text == "done"
     assert code == 0

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -54,12 +52,6 @@ def main(context):
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class Served:
     def __init__(self, process: subprocess.Popen, url: str, marks: Path) -> None:
         self.process, self.url, self.marks = process, url, marks
@@ -80,62 +72,29 @@ class Served:
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator:
-    started: list[subprocess.Popen] = []
-
+def serve(tmp_path: Path, serve_function) -> Callable[..., Served]:
     def start(workers: int, max_workers: int = 0) -> Served:
-        folder = tmp_path / f"func{len(started)}"
+        name = f"{workers}-{max_workers}-{len(list(tmp_path.iterdir()))}"
+        folder = tmp_path / f"func{name}"
         folder.mkdir()
         (folder / "func.py").write_text(textwrap.dedent(FUNC))
-        marks = tmp_path / f"marks{len(started)}"
+        marks = tmp_path / f"marks{name}"
         marks.mkdir()
-        port = _free_port()
         env = {
-            **os.environ,
-            "PORT": str(port),
             "LEPTON_WORKERS": str(workers),
             "MARK_DIR": str(marks),
             "MAX_WORKERS": str(max_workers),
         }
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "lepton_stack.cli",
-                "serve",
-                "infer",
-                "--function-dir",
-                str(folder),
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        started.append(process)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(url + "/health/liveness", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.1)
+        process, url = serve_function(folder, env)
         served = Served(process, url, marks)
+        deadline = time.monotonic() + 30
         while len(served.children()) < (workers if not max_workers else 0) and (
             time.monotonic() < deadline
         ):
             time.sleep(0.1)
         return served
 
-    yield start
-    for process in started:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    return start
 
 
 def test_requests_are_spread_over_the_workers(serve) -> None:
