@@ -1,8 +1,9 @@
 """Typed errors of the function runtime: one base class; HTTP status decided in `protocol`.
 
-`retryable` separates transient faults (storage down, timeouts: answer 5xx so Knative retries)
-from permanent ones (bad input, object gone: answer a status Knative does not retry, or 2xx with
-a `failed` reply event).
+Whether a fault is retried follows from its type alone: `retryable` is True only for faults that
+are transient by meaning (storage unavailable or throttled, a timeout, a busy instance, no model
+loaded yet). Those answer 5xx (or 429) so Knative delivers again; every other error is permanent
+and answers a status Knative does not retry, or 2xx with a `failed` reply event for an event.
 """
 
 from __future__ import annotations
@@ -61,9 +62,22 @@ class ModelNotReadyError(LeptonError):
 
 
 class StorageError(LeptonError):
-    """Base of object-store faults."""
+    """Base of object-store faults; permanent unless a subclass says otherwise."""
 
     code = "storage_error"
+
+
+class StorageRequestError(StorageError):
+    """The store refused the request itself (a 4xx such as KeyTooLong or InvalidArgument, or
+    parameters botocore rejects): the same request would fail again."""
+
+    code = "storage_request_rejected"
+
+
+class ObjectFormatError(StorageError):
+    """An object does not hold what it must (e.g. a manifest or pointer that is not JSON)."""
+
+    code = "invalid_object"
 
 
 class ObjectNotFoundError(StorageError):
@@ -96,3 +110,9 @@ class TrainingBusyError(LeptonError):
 
     code = "training_busy"
     retryable = True
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Transient by meaning, from the error's type alone (lepton_model's errors carry the same
+    attribute): the caller should deliver again. Everything else is permanent."""
+    return bool(getattr(type(error), "retryable", False))

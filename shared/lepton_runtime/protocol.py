@@ -1,15 +1,21 @@
 """The one place where errors become HTTP statuses and JSON error bodies.
 
-Knative retries 5xx, 404, 408, 409 and 429 and not other 4xx: permanent faults get a status it
-does not retry, transient ones a 5xx.
+Knative retries 5xx, 404, 408, 409 and 429 and not other 4xx. Whether an error is retried
+follows from its type alone (`retryable`): transient ones answer 503 (or 429 for a busy
+instance); a permanent one answers a 4xx Knative does not retry, and for an inbound event, 200
+with a `failed` reply event. Only an unexpected exception (a bug) answers 500 to a plain HTTP
+request; an event that meets a bug gets the `failed` reply too, since a redelivery would meet it
+again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cloudevents.abstract import CloudEvent
@@ -24,7 +30,7 @@ from lepton_model.errors import (
     NotAnImageError,
     UnsupportedImageError,
 )
-from lepton_runtime.emit import binary_http
+from lepton_runtime.emit import binary_http, reply_event
 from lepton_runtime.errors import (
     AccessDeniedError,
     BadRequestError,
@@ -36,10 +42,15 @@ from lepton_runtime.errors import (
     ObjectNotFoundError,
     ObjectTooLargeError,
     PayloadTooLargeError,
+    StorageError,
     StorageUnavailableError,
     TrainingBusyError,
     UnsupportedMediaTypeError,
+    is_retryable,
 )
+
+# Knative's delivery retries these statuses (and every 5xx); a permanent error must avoid them.
+KNATIVE_RETRIED_STATUSES = frozenset({404, 408, 409, 429})
 
 # Most specific first: the first matching class decides the status.
 _STATUS: tuple[tuple[type[Exception], int], ...] = (
@@ -55,33 +66,32 @@ _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (ObjectNotFoundError, 410),
     (AccessDeniedError, 403),
     (StorageUnavailableError, 503),
+    # Unknown 4xx from the store, objects that are not the JSON they must be: permanent.
+    (StorageError, 422),
+    # Raised at start-up only: a process with an impossible configuration never serves.
     (ConfigurationError, 500),
     (ImageTooLargeError, 413),
     (UnsupportedImageError, 415),
     (NotAnImageError, 400),
     (ImageError, 400),
     (DatasetError, 422),
-    (ArtifactError, 500),
-    (LeptonModelError, 500),
-    (LeptonError, 500),
+    (ArtifactError, 422),
 )
 
 
 def status_for(error: Exception) -> int:
-    """HTTP status for any error; unknown errors are 500."""
+    """HTTP status for any error: the table's, else 503 for a retryable type, 422 for any
+    other error of ours, and 500 for an unexpected exception (a bug)."""
     for cls, status in _STATUS:
         if isinstance(error, cls):
             return status
-    return 500
+    if is_retryable(error):
+        return 503
+    return 422 if isinstance(error, (LeptonError, LeptonModelError)) else 500
 
 
 def error_code(error: Exception) -> str:
     return str(getattr(error, "code", "internal_error"))
-
-
-def is_retryable(error: Exception) -> bool:
-    """Transient faults: the caller (Knative) should deliver again."""
-    return bool(getattr(error, "retryable", False)) or status_for(error) >= 500
 
 
 def error_body(error: Exception) -> dict[str, Any]:
@@ -117,7 +127,41 @@ def event_response(event: CloudEvent, status: int = 200) -> Response:
     return Response(body, status=status, headers=headers)
 
 
-Work = tuple[str, Callable[[], Response]]  # (kind of request, for metrics; what answers it)
+@dataclass(frozen=True)
+class Work:
+    """What a routed request is (its kind, for metrics), what answers it, and for an inbound
+    event, the `failed` reply event that answers a permanent error instead of a status."""
+
+    kind: str
+    answer: Callable[[], Response]
+    failed_event: Callable[[Exception], CloudEvent] | None = None
+
+
+def failure_reply(
+    event_type: str, source: str, origin: str, subject: str | None = None
+) -> Callable[[Exception], CloudEvent]:
+    """The `failed` reply to an inbound event that met a permanent error.
+
+    `origin` names the inbound event (its source and id, or a digest of its body), so a
+    redelivery of the same event gets a reply with the same id.
+    """
+
+    def reply(error: Exception) -> CloudEvent:
+        body = error_body(error)["error"]
+        event_id = hashlib.sha256(f"{event_type}\n{origin}".encode()).hexdigest()[:32]
+        data = {"error": body, "reason": body["message"], "event": origin}
+        return reply_event(event_type, source, data, subject, event_id=event_id)
+
+    return reply
+
+
+def body_origin(body: bytes) -> str:
+    """An inbound event's name when it came as plain JSON: a digest of its bytes."""
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def cloudevent_origin(event: CloudEvent) -> str:
+    return f"{event['source']} {event['id']}"
 
 
 class RequestMetrics(Protocol):
@@ -125,16 +169,31 @@ class RequestMetrics(Protocol):
 
 
 def respond(route: Callable[[], Work], metrics: RequestMetrics, logger: logging.Logger) -> Response:
-    """Run one request: route it, do the work, turn any error into its JSON error response,
-    and count it. A function's `main(context)` never raises past this."""
+    """Run one request: route it, do the work, turn any error into its answer, and count it.
+
+    A transient error answers its 5xx/429 (Knative delivers again); a permanent error answers
+    its 4xx, or 200 with the `failed` reply when the request was an event. A function's
+    `main(context)` never raises past this.
+    """
     started = time.perf_counter()
-    kind = "other"
+    work: Work | None = None
     try:
-        kind, work = route()
-        response = work()
+        work = route()
+        response = work.answer()
     except Exception as exc:
-        if not isinstance(exc, (LeptonError, LeptonModelError)):
+        known = isinstance(exc, (LeptonError, LeptonModelError))
+        if not known:
             logger.exception("unexpected error")
-        response = error_response(exc)
+        if work is not None and work.failed_event is not None and not is_retryable(exc):
+            if known:
+                logger.warning(
+                    "event failed permanently", extra={"code": error_code(exc), "error": str(exc)}
+                )
+            response = event_response(work.failed_event(exc))
+        else:
+            response = error_response(exc)
+            if is_retryable(exc):
+                response.headers["Retry-After"] = "1"
+    kind = work.kind if work is not None else "other"
     metrics.request(kind, response.status_code, time.perf_counter() - started)
     return response

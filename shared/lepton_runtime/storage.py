@@ -5,7 +5,9 @@ own resolution (AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, AWS_REGION / AWS_DEFAULT
 credential chain, ~/.aws/config); only retries, timeouts and addressing style come from
 Settings. botocore errors leave this module as the typed errors of `lepton_runtime.errors`:
 missing -> ObjectNotFoundError, forbidden -> AccessDeniedError, unreachable / timeouts / 5xx /
-throttling (after botocore's own retries) -> StorageUnavailableError (retryable).
+throttling (after botocore's own retries) -> StorageUnavailableError (the only retryable one),
+any other refusal (an unknown 4xx such as KeyTooLong, parameters botocore rejects) ->
+StorageRequestError, an object that is not the JSON it must be -> ObjectFormatError.
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from lepton_runtime.errors import (
     AccessDeniedError,
+    ObjectFormatError,
     ObjectNotFoundError,
     ObjectTooLargeError,
     StorageError,
+    StorageRequestError,
     StorageUnavailableError,
 )
 from lepton_runtime.events import normalise_etag
@@ -195,7 +199,7 @@ class Storage:
         try:
             return json.loads(stored.data)
         except ValueError as exc:
-            raise StorageError(f"s3://{bucket}/{key} is not valid JSON: {exc}") from exc
+            raise ObjectFormatError(f"s3://{bucket}/{key} is not valid JSON: {exc}") from exc
 
     def head(self, bucket: str, key: str) -> ObjectInfo:
         with _mapped(bucket, key, "inspect"):
@@ -360,14 +364,15 @@ def _mapped(bucket: str, key: str, action: str) -> Iterator[None]:
             raise AccessDeniedError(message) from exc
         if code in _TRANSIENT or status >= 500 or status == 429:
             raise StorageUnavailableError(message) from exc
-        raise StorageError(message) from exc
+        raise StorageRequestError(message) from exc
     except (NoCredentialsError, PartialCredentialsError) as exc:
         raise AccessDeniedError(f"cannot {action} {where}: {exc}") from exc
     except (BotoConnectionError, HTTPClientError, IncompleteReadError) as exc:
         # Connection refused, DNS, connect/read timeouts, connections closed mid-answer.
         raise StorageUnavailableError(f"cannot {action} {where}: {exc}") from exc
     except BotoCoreError as exc:
-        raise StorageError(f"cannot {action} {where}: {exc}") from exc
+        # ParamValidationError and the like: the request itself is wrong, retrying cannot help.
+        raise StorageRequestError(f"cannot {action} {where}: {exc}") from exc
 
 
 def _too_large(bucket: str, key: str, size: int | None, limit: int) -> ObjectTooLargeError:

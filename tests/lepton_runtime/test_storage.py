@@ -15,9 +15,10 @@ from botocore.retries.standard import ExponentialBackoff
 
 from lepton_runtime.errors import (
     AccessDeniedError,
+    ObjectFormatError,
     ObjectNotFoundError,
     ObjectTooLargeError,
-    StorageError,
+    StorageRequestError,
     StorageUnavailableError,
 )
 from lepton_runtime.settings import Location, S3Settings, Settings
@@ -146,9 +147,9 @@ def test_get_json_of_a_missing_object_may_be_none(storage: Storage) -> None:
     assert storage.get_json(BUCKET, "r/none.json", missing_ok=True) is None
 
 
-def test_get_json_of_broken_json_is_a_permanent_storage_error(storage: Storage) -> None:
+def test_get_json_of_broken_json_is_a_permanent_format_error(storage: Storage) -> None:
     storage.put_bytes(BUCKET, "r/bad.json", b"{not json")
-    with pytest.raises(StorageError) as caught:
+    with pytest.raises(ObjectFormatError) as caught:
         storage.get_json(BUCKET, "r/bad.json")
     assert not caught.value.retryable
 
@@ -228,11 +229,14 @@ def test_s3_errors_become_typed_errors(
         storage.get_bytes(BUCKET, "images/a.png", max_bytes=10)
 
 
-def test_other_client_errors_are_permanent_storage_errors(storage: Storage, faults: Faults) -> None:
-    faults.inject("GetObject", 400, "InvalidArgument")
-    with pytest.raises(StorageError) as caught:
+@pytest.mark.parametrize("code", ["InvalidArgument", "KeyTooLongError", "InvalidRequest"])
+def test_other_client_errors_are_permanent_request_errors(
+    storage: Storage, faults: Faults, code: str
+) -> None:
+    faults.inject("GetObject", 400, code)
+    with pytest.raises(StorageRequestError) as caught:
         storage.get_bytes(BUCKET, "images/a.png", max_bytes=10)
-    assert type(caught.value) is StorageError and not caught.value.retryable
+    assert not caught.value.retryable
 
 
 def test_transient_faults_are_retried_until_success(storage: Storage, faults: Faults) -> None:

@@ -35,6 +35,7 @@ from lepton_runtime.errors import (
     PayloadTooLargeError,
     StorageError,
     UnsupportedMediaTypeError,
+    is_retryable,
 )
 from lepton_runtime.events import (
     InboundEvent,
@@ -48,9 +49,11 @@ from lepton_runtime.inference.registry import ModelRegistry
 from lepton_runtime.metrics import FunctionMetrics
 from lepton_runtime.protocol import (
     Work,
+    body_origin,
+    cloudevent_origin,
     error_body,
     event_response,
-    is_retryable,
+    failure_reply,
     json_response,
     respond,
 )
@@ -136,32 +139,43 @@ class InferenceService:
     def _route(self, request: Request, cloud_event: Any) -> Work:
         """Which kind of request this is (for metrics) and the work that answers it."""
         if request.path.startswith(_V1_PREFIX):
-            return "tfserving", lambda: self._v1(request)
+            return Work("tfserving", lambda: self._v1(request))
         if request.method != "POST":
-            return "other", self._describe
+            return Work("other", self._describe)
         if cloud_event is not None:
-            return "event", lambda: self._event(parse_cloudevent(cloud_event))
+            return Work(
+                "event",
+                lambda: self._event(parse_cloudevent(cloud_event)),
+                self._failure(cloudevent_origin(cloud_event), cloud_event.get("subject")),
+            )
         mtype = codecs.media_type(request.content_type)
         if mtype == "multipart/form-data":
-            return "multipart", lambda: self._answer_images(self._multipart(request))
+            return Work("multipart", lambda: self._answer_images(self._multipart(request)))
         body = self._body(request)
         if mtype.startswith("image/") or mtype == "application/octet-stream":
-            return "image", lambda: self._answer_images([("body", body)])
+            return Work("image", lambda: self._answer_images([("body", body)]))
         if codecs.is_json_type(mtype) or (
             mtype in _GENERIC_TYPES and body.lstrip()[:1] in (b"{", b"[")
         ):
             payload = self._json(body)
             if looks_like_event(payload):
-                return "event", lambda: self._event(parse_json(payload))
-            return "tfserving", lambda: self._tfserving(payload)
+                return Work(
+                    "event",
+                    lambda: self._event(parse_json(payload)),
+                    self._failure(body_origin(body)),
+                )
+            return Work("tfserving", lambda: self._tfserving(payload))
         if mtype in _GENERIC_TYPES and codecs.looks_like_image(body):
-            return "image", lambda: self._answer_images([("body", body)])  # curl --data-binary
+            return Work("image", lambda: self._answer_images([("body", body)]))  # curl -d @x.png
         if not body:
             raise BadRequestError("the request body is empty; send an image or JSON")
         raise UnsupportedMediaTypeError(
             f"unsupported content type {mtype or '(none)'!r}; send image/*, "
             "multipart/form-data, application/json or a CloudEvent"
         )
+
+    def _failure(self, origin: str, subject: str | None = None) -> Any:
+        return failure_reply(INFERENCE_FAILED, self.event_source, origin, subject)
 
     def _v1(self, request: Request) -> Response:
         """TF-Serving / KServe V1: GET /v1/models/<name>, POST /v1/models/<name>:predict."""

@@ -15,9 +15,8 @@ import requests
 from cloudevents.http import from_json
 
 from lepton_runtime.emit import binary_http
-from lepton_runtime.errors import LeptonError
+from lepton_runtime.errors import LeptonError, is_retryable
 from lepton_runtime.events import parse_cloudevent
-from lepton_runtime.protocol import is_retryable
 from lepton_runtime.training.service import TrainingService
 
 log = logging.getLogger("lepton.train.job")

@@ -35,6 +35,7 @@ from lepton_runtime.errors import (
     PayloadTooLargeError,
     StorageError,
     TrainingBusyError,
+    is_retryable,
 )
 from lepton_runtime.events import (
     InboundEvent,
@@ -48,9 +49,11 @@ from lepton_runtime.inference.registry import POINTER_FILE
 from lepton_runtime.metrics import FunctionMetrics
 from lepton_runtime.protocol import (
     Work,
+    body_origin,
+    cloudevent_origin,
     error_body,
     event_response,
-    is_retryable,
+    failure_reply,
     json_response,
     respond,
 )
@@ -114,13 +117,27 @@ class TrainingService:
 
     def _route(self, request: Request, cloud_event: Any) -> Work:
         if request.method != "POST":
-            return "other", self._describe
+            return Work("other", self._describe)
         if cloud_event is not None:
-            return "event", lambda: self.handle_event(parse_cloudevent(cloud_event))
+            return Work(
+                "event",
+                lambda: self.handle_event(parse_cloudevent(cloud_event)),
+                failure_reply(
+                    TRAINING_FAILED,
+                    self.event_source,
+                    cloudevent_origin(cloud_event),
+                    cloud_event.get("subject"),
+                ),
+            )
         payload = self._json(request)
         if looks_like_event(payload):
-            return "event", lambda: self.handle_event(parse_json(payload))
-        return "http", lambda: self._train_http(payload)
+            origin = body_origin(request.get_data(cache=True))
+            return Work(
+                "event",
+                lambda: self.handle_event(parse_json(payload)),
+                failure_reply(TRAINING_FAILED, self.event_source, origin),
+            )
+        return Work("http", lambda: self._train_http(payload))
 
     def _describe(self) -> Response:
         return json_response(

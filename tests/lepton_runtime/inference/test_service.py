@@ -15,7 +15,7 @@ import pytest
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 
-from lepton_runtime.emit import event_from_http
+from lepton_runtime.emit import binary_http, event_from_http
 from lepton_runtime.inference.service import InferenceService
 from lepton_runtime.settings import Settings
 from lepton_runtime.storage import Storage
@@ -369,13 +369,33 @@ def test_event_for_a_bucket_not_served_is_refused_before_reading(s3_record, clie
     response = client.post(
         "/", json={"Records": [s3_record("images/salaries.png", bucket="payroll")]}
     )
-    assert response.status_code == 403
+    # Permanent: answered 2xx with the failed reply, so Knative does not retry it.
+    assert response.status_code == 200
+    assert reply_of(response)["type"] == "ai.lepton.inference.failed"
+    assert reply_of(response).data["error"]["code"] == "forbidden_location"
     assert "Contents" not in s3.list_objects_v2(Bucket="lepton-results")
 
 
 def test_event_for_the_results_bucket_is_refused(s3_record, client) -> None:
     record = s3_record("images/x.png.json", bucket="lepton-results")
-    assert client.post("/", json={"Records": [record]}).status_code == 403
+    response = client.post("/", json={"Records": [record]})
+    assert reply_of(response).data["error"]["code"] == "forbidden_location"
+
+
+def test_a_redelivered_refused_event_gets_the_same_failed_reply(s3_record, client) -> None:
+    body = {"Records": [s3_record("images/x.png", bucket="elsewhere")]}
+    first, second = (reply_of(client.post("/", json=body)) for _ in range(2))
+    assert first["id"] == second["id"]
+
+
+def test_an_event_of_an_unknown_shape_in_a_cloudevent_gets_a_failed_reply(client) -> None:
+    event = CloudEvent(
+        {"type": "com.amazonaws.s3.ObjectCreated:Put", "source": "x"}, {"no": "record"}
+    )
+    headers, body = binary_http(event)
+    response = client.post("/", data=body, headers=headers)
+    assert response.status_code == 200
+    assert reply_of(response).data["error"]["code"] == "invalid_event"
 
 
 def test_s3_test_event_is_acknowledged_without_reply(client) -> None:
