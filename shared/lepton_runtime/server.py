@@ -1,45 +1,72 @@
-"""Serve a function directory over HTTP: parliament's app, waitress on $PORT, honest health.
+"""Serve a function directory over HTTP: parliament's `main(context)` behind a lean ASGI front.
 
-`python -m parliament DIR` hard-codes port 8080, answers readiness OK before anything is loaded
-and exits on SIGTERM without draining. This builds the same app from
-`parliament.server.create(parliament.server.load(dir))` and adds what a Knative Service needs:
-$PORT, readiness that is 503 until the function says it is ready, /metrics, the V1 model routes
-(handed to the same `main(context)`), a body-size limit, and a SIGTERM drain.
+`python -m parliament DIR` hard-codes port 8080, answers readiness OK before anything is loaded,
+runs Flask's full dispatch for every request and exits on SIGTERM without draining. This keeps
+parliament's contract (the function's `main(context)` gets a `Context` holding the Flask
+`Request` and, when the request is one, the CloudEvent; it returns what parliament's `invoke`
+accepts) and serves it with uvicorn (httptools + uvloop) on $PORT, adding what a Knative Service
+needs: readiness that is 503 until the function says it is ready, /metrics, the V1/V2 model
+routes (handed to the same `main`), bounded request bodies, JSON errors at every layer and a
+SIGTERM drain.
+
+The front does per request only what a request needs: a route check, the body read within its
+limits, a `Request` and a `Context`, and `main`. Flask's app (parliament's `create`) is kept to
+turn return values that are not a `Response` into one. `main` runs on the event loop when the
+function says the request is answered from memory (`service.inline(request)`: an image to
+classify), else on a thread pool, so a request doing I/O (an event reading S3, a training)
+never stalls the others.
 """
 
 from __future__ import annotations
 
-import _thread
+import asyncio
+import io
 import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
+import httptools
+import orjson
 import parliament.server
-from flask import Flask, Response, request
+import uvicorn
+from flask import Request
 from parliament.invocation import Context
-from werkzeug.exceptions import HTTPException
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from werkzeug.wrappers import Response
 
 from lepton_runtime.emit import event_from_http
-from lepton_runtime.errors import PayloadTooLargeError
-from lepton_runtime.protocol import error_response, json_response
 from lepton_runtime.settings import Settings
 
 log = logging.getLogger("lepton.server")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+# Paths handed to main(context); anything else is a JSON 404.
+_MAIN_PATHS = ("/",)
+_MAIN_PREFIXES = ("/v1/", "/v2/")
+_MAIN_METHODS = ("GET", "HEAD", "POST")
+_JSON = [(b"content-type", b"application/json")]
 
 
 class FunctionService(Protocol):
     """What a func.py may expose as `service` for the server's lifecycle hooks.
 
     Optional too: `max_workers` (an int: how many processes may serve it at once; the training
-    function says 1), `changed()` (shared state changed: re-read it; called in every worker
-    when one of them announces a change) and `announce` (set by the server: call it to make
-    the other workers' `changed()` run).
+    function says 1), `metrics` (rendered at /metrics), `inline(request)` (True when main answers
+    the request from memory, without blocking I/O: it then runs on the event loop),
+    `changed()` (shared state changed: re-read it; called in every worker when one of them
+    announces a change) and `announce` (set by the server: call it to make the other workers'
+    `changed()` run).
     """
 
     def start(self) -> None: ...
@@ -47,108 +74,320 @@ class FunctionService(Protocol):
     def ready(self) -> bool: ...
 
 
-class _DropNoCloudEventWarning(logging.Filter):
-    """parliament logs a warning for every POST that is not a CloudEvent: plain image POSTs
-    are normal here, and the log line per request costs throughput."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.getMessage() != "No CloudEvent available"
+def error_json(status: int, code: str, message: str) -> bytes:
+    """The functions' error body, for answers the front gives itself."""
+    return orjson.dumps({"error": {"code": code, "message": message}})
 
 
-def build_app(func: Any, settings: Settings) -> Flask:
-    """parliament's Flask app for `func`, plus readiness, metrics and V1 routes."""
-    app = parliament.server.create(func)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.logger.addFilter(_DropNoCloudEventWarning())
-    service: FunctionService | None = getattr(func, "service", None)
-    draining = threading.Event()
-    app.extensions["lepton.draining"] = draining
+class BodyBudget:
+    """Bytes of request bodies held at once by this process (all connections together).
 
-    def readiness() -> Response:
-        ready = service is None or service.ready()
-        if draining.is_set():
-            return json_response({"status": "draining"}, 503)
-        return json_response({"status": "ready" if ready else "loading"}, 200 if ready else 503)
+    uvicorn stops reading a connection after 64 KiB until the app asks for more, so what a
+    process holds is what its requests have read; without a shared bound, many slow clients
+    each sending a body just under the limit would multiply it. Used from the event loop only.
+    """
 
-    app.view_functions["readiness"] = readiness
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.held = 0
 
-    def handle_post() -> Any:
-        # parliament's own handler runs from_http on every POST and logs a warning when it
-        # fails; a request with neither ce-* headers nor a CloudEvents content type can only
-        # fail, so it goes straight to main(context) with no cloud_event, as it would there.
-        length = request.content_length
-        if length is not None and length > settings.max_body_bytes:
-            return error_response(
-                PayloadTooLargeError(f"the body is larger than {settings.max_body_bytes} bytes")
-            )
-        context = Context(request)
-        if _may_hold_cloudevent(request.headers):
-            try:
-                context.cloud_event = event_from_http(request.headers, request.get_data())
-            except Exception:
-                context.cloud_event = None
-        return parliament.server.invoke(func, context)
+    async def reserve(self, amount: int, timeout: float) -> bool:
+        """Hold `amount` bytes; False if there was no room within `timeout` seconds."""
+        amount = min(amount, self.capacity)
+        deadline = time.monotonic() + timeout
+        while self.held + amount > self.capacity:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)  # rare: only when bodies of this size are queued
+        self.held += amount
+        return True
 
-    app.view_functions["handle_post"] = handle_post
-
-    @app.errorhandler(HTTPException)
-    def http_error(error: HTTPException) -> Response:
-        # Flask's own answers (unknown path, wrong method) in the functions' error format.
-        code = (error.name or "error").lower().replace(" ", "_")
-        return json_response(
-            {"error": {"code": code, "message": error.description or error.name}},
-            error.code or 500,
-        )
-
-    metrics = getattr(service, "metrics", None)
-    if metrics is not None:
-
-        @app.route("/metrics", methods=["GET"])
-        def metrics_route() -> Response:
-            body, content_type = metrics.render()
-            return Response(body, mimetype=content_type.split(";")[0], content_type=content_type)
-
-    def invoke_main() -> Any:
-        return parliament.server.invoke(func, Context(request))
-
-    app.add_url_rule(
-        "/v1/models/<path:target>",
-        "v1_models",
-        lambda target: invoke_main(),
-        methods=["GET", "POST"],
-    )
-    return app
+    def release(self, amount: int) -> None:
+        self.held -= min(amount, self.capacity)
 
 
-class _InFlight:
-    """WSGI middleware counting requests being handled, so a drain knows when it is done."""
+class _TooLarge(Exception):
+    """The body is over its limit; `drained` says whether the rest was read (keep-alive)."""
 
-    def __init__(self, app: Callable) -> None:
-        self.app = app
-        self.count = 0
-        self._lock = threading.Lock()
+    def __init__(self, message: str, drained: bool) -> None:
+        super().__init__(message)
+        self.drained = drained
 
-    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        with self._lock:
-            self.count += 1
+
+class FunctionApp:
+    """The ASGI application serving one function."""
+
+    def __init__(self, func: Any, settings: Settings) -> None:
+        self.func = func
+        self.settings = settings
+        self.service: FunctionService | None = getattr(func, "service", None)
+        self.metrics = getattr(self.service, "metrics", None)
+        self.inline: Callable[[Request], bool] | None = getattr(self.service, "inline", None)
+        self.flask = parliament.server.create(func)  # to normalise what main() returns
+        self.draining = threading.Event()
+        self.budget = BodyBudget(settings.body_budget_bytes)
+        self._pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="main")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return  # lifespan and websockets are switched off in the server config
+        method: str = scope["method"]
+        path: str = scope["path"]
+        if method in ("GET", "HEAD"):
+            if path == "/health/liveness":
+                return await _send(send, 200, b'{"status":"alive"}', _JSON)
+            if path == "/health/readiness":
+                return await self._readiness(send)
+            if path == "/metrics" and self.metrics is not None:
+                body, content_type = self.metrics.render()
+                return await _send(send, 200, body, [(b"content-type", content_type.encode())])
+        if path not in _MAIN_PATHS and not path.startswith(_MAIN_PREFIXES):
+            return await _send(send, 404, error_json(404, "not_found", f"no route {path}"), _JSON)
+        if method not in _MAIN_METHODS:
+            message = f"{method} is not allowed; use {', '.join(_MAIN_METHODS)}"
+            headers = [*_JSON, (b"allow", b", ".join(m.encode() for m in _MAIN_METHODS))]
+            return await _send(send, 405, error_json(405, "method_not_allowed", message), headers)
+        await self._main(scope, receive, send)
+
+    async def _readiness(self, send: Send) -> None:
+        if self.draining.is_set():
+            return await _send(send, 503, b'{"status":"draining"}', _JSON)
+        ready = self.service is None or self.service.ready()
+        body = b'{"status":"ready"}' if ready else b'{"status":"loading"}'
+        await _send(send, 200 if ready else 503, body, _JSON)
+
+    async def _main(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = _header_map(scope["headers"])
+        limit = self.settings.max_body_bytes
+        declared = _content_length(headers)
+        reserved = min(declared, limit) if declared is not None else limit
+        if declared is not None and declared > limit and "expect" in headers:
+            # The client waits for 100 Continue before sending: refuse now, it sends nothing.
+            return await self._too_large(send, declared, close=True)
+        if not await self.budget.reserve(reserved, self.settings.body_wait_seconds):
+            message = "the server holds as many request bodies as it may; retry shortly"
+            headers_out = [*_JSON, (b"retry-after", b"1")]
+            return await _send(send, 503, error_json(503, "server_busy", message), headers_out)
         try:
-            return self.app(environ, start_response)
+            try:
+                body = await _read_body(receive, limit, declared)
+            except _TooLarge as exc:
+                return await self._too_large(send, declared, close=not exc.drained)
+            if body is None:
+                return  # the client went away
+            request = self._request(scope, headers, body)
+            context = Context(request)
+            if _may_hold_cloudevent(headers):
+                try:
+                    context.cloud_event = event_from_http(request.headers, body)
+                except Exception:  # not a CloudEvent after all: main sees the plain request
+                    context.cloud_event = None
+            if self.inline is not None and self.inline(request):
+                response = self._invoke(context)
+            else:
+                loop = asyncio.get_running_loop()
+                response = await loop.run_in_executor(self._pool, self._invoke, context)
+            await _send_response(send, response)
         finally:
-            with self._lock:
-                self.count -= 1
+            self.budget.release(reserved)
+
+    async def _too_large(self, send: Send, declared: int | None, close: bool) -> None:
+        size = f"{declared} bytes" if declared is not None else "larger than that"
+        message = f"the body is {size}; the limit is {self.settings.max_body_bytes} bytes"
+        headers = [*_JSON, (b"connection", b"close")] if close else _JSON
+        if self.metrics is not None:
+            self.metrics.request("other", 413, 0.0)
+        await _send(send, 413, error_json(413, "payload_too_large", message), headers)
+
+    def _request(self, scope: Scope, headers: dict[str, str], body: bytes) -> Request:
+        request = Request(_environ(scope, headers, body))
+        # Bounds for werkzeug's own parsers (forms), without needing Flask's app context.
+        request.max_content_length = self.settings.max_body_bytes
+        request.max_form_parts = self.settings.max_form_parts
+        request.max_form_memory_size = self.settings.max_form_memory_bytes
+        return request
+
+    def _invoke(self, context: Context) -> Response:
+        result = parliament.server.invoke(self.func, context)
+        if isinstance(result, Response):
+            return result
+        with self.flask.app_context():
+            return self.flask.make_response(result)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=False)
 
 
-def _may_hold_cloudevent(headers: Any) -> bool:
+def build_app(func: Any, settings: Settings) -> FunctionApp:
+    """The ASGI app serving `func` (a func.py module or anything with `main` and `service`)."""
+    return FunctionApp(func, settings)
+
+
+async def _read_body(receive: Receive, limit: int, declared: int | None) -> bytes | None:
+    """The whole body, or None if the client disconnected; _TooLarge past `limit`.
+
+    A body over the limit is read on (and dropped) up to the limit again, so the client is
+    answered on a connection that stays usable rather than reset mid-send.
+    """
+    if declared is not None and declared > 2 * limit:
+        raise _TooLarge("declared too large to drain", drained=False)
+    chunks = bytearray()
+    total = 0
+    over = declared is not None and declared > limit
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        more = message.get("more_body", False)
+        total += len(chunk)
+        if total > limit:
+            over = True
+        if over:
+            if total > 2 * limit:
+                raise _TooLarge("too large to drain", drained=False)
+            continue
+        chunks += chunk
+    if over:
+        raise _TooLarge("over the limit", drained=True)
+    return bytes(chunks)
+
+
+def _header_map(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for name, value in raw:
+        key = name.decode("latin-1")
+        text = value.decode("latin-1")
+        headers[key] = f"{headers[key]},{text}" if key in headers else text
+    return headers
+
+
+def _content_length(headers: dict[str, str]) -> int | None:
+    value = headers.get("content-length")
+    if value is None:
+        return None
+    try:
+        return max(0, int(value))
+    except ValueError:
+        return None
+
+
+def _environ(scope: Scope, headers: dict[str, str], body: bytes) -> dict[str, Any]:
+    """The WSGI environ werkzeug's Request reads, from an ASGI scope and a body read whole."""
+    server = scope.get("server") or ("localhost", 80)
+    client = scope.get("client") or ("", 0)
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": scope["method"],
+        "SCRIPT_NAME": "",
+        # WSGI carries the decoded path as latin-1 code points of its UTF-8 bytes.
+        "PATH_INFO": scope["path"].encode("utf-8").decode("latin-1"),
+        "QUERY_STRING": scope["query_string"].decode("latin-1"),
+        "SERVER_NAME": str(server[0]),
+        "SERVER_PORT": str(server[1]),
+        "SERVER_PROTOCOL": f"HTTP/{scope.get('http_version', '1.1')}",
+        "REMOTE_ADDR": str(client[0]),
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scope.get("scheme", "http"),
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.input_terminated": True,
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+    for name, value in headers.items():
+        if name == "content-type":
+            environ["CONTENT_TYPE"] = value
+        elif name != "content-length":
+            environ["HTTP_" + name.upper().replace("-", "_")] = value
+    return environ
+
+
+def _may_hold_cloudevent(headers: dict[str, str]) -> bool:
     """What cloudevents' from_http needs: binary mode ce-specversion, or a structured/batch
-    CloudEvents content type."""
+    CloudEvents content type. Anything else can only fail to parse, so it is not tried."""
     if "ce-specversion" in headers:
         return True
     return headers.get("content-type", "").lower().startswith("application/cloudevents")
 
 
+async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_response(send: Send, response: Response) -> None:
+    body = response.get_data()
+    headers = [
+        (name.lower().encode("latin-1"), value.encode("latin-1"))
+        for name, value in response.headers.items()
+        if name.lower() != "content-length"
+    ]
+    await _send(send, response.status_code, body, headers)
+
+
+class _Protocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a bound on request line + headers (httptools has none)
+    and its own error answers in the functions' JSON format."""
+
+    max_header_bytes = 64 * 1024
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value))
+        super().on_header(name, value)
+
+    def _count(self, size: int) -> None:
+        self._header_bytes = getattr(self, "_header_bytes", 0) + size
+        if self._header_bytes > self.max_header_bytes:
+            raise httptools.HttpParserError("request line and headers too large")
+
+    def send_400_response(self, msg: str) -> None:
+        large = getattr(self, "_header_bytes", 0) > self.max_header_bytes
+        status, code = (431, "headers_too_large") if large else (400, "bad_request")
+        text = (
+            f"the request line and headers are over {self.max_header_bytes} bytes"
+            if large
+            else "the request is not valid HTTP/1.1"
+        )
+        body = error_json(status, code, text)
+        reason = b"Request Header Fields Too Large" if large else b"Bad Request"
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (status, reason, len(body), body)
+        )
+        self.transport.close()
+
+
 def load_function(function_dir: Path) -> Any:
     """Import a function directory's func.py the way parliament does."""
     return parliament.server.load(str(function_dir))
+
+
+def listening_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
 
 
 def serve_process(
@@ -159,77 +398,68 @@ def serve_process(
     listen: Callable[[], socket.socket] | None = None,
     ready_wait: float = 0.0,
 ) -> None:
-    """Serve a loaded function in this process until SIGTERM/SIGINT, then drain in-flight
-    requests and return.
+    """Serve a loaded function in this process until SIGTERM/SIGINT, then let the requests in
+    flight finish (up to `grace_seconds`) and return.
 
-    `listen` makes the listening socket instead of binding $PORT. With `ready_wait`, the socket
-    is opened only once the function is ready (or the wait is over): a worker that shares the
-    port with others then takes no request before its model is loaded.
+    `listen` makes the listening socket instead of binding $HOST:$PORT. With `ready_wait`, the
+    socket is opened only once the function is ready (or the wait is over): a worker that shares
+    the port with others then takes no request before its model is loaded.
     """
-    import waitress
-
     app = build_app(func, settings)
-    wsgi = _InFlight(app)
-    service: FunctionService | None = getattr(func, "service", None)
+    service = app.service
     if service is not None:
         service.start()
         deadline = time.monotonic() + ready_wait
         while time.monotonic() < deadline and not service.ready():
             time.sleep(0.02)
-    where: dict[str, Any] = (
-        {"sockets": [listen()]} if listen else {"host": "0.0.0.0", "port": settings.port}
+    sock = listen() if listen else listening_socket(settings.host, settings.port)
+    config = uvicorn.Config(
+        app,
+        loop="uvloop",
+        http=_Protocol,
+        ws="none",
+        lifespan="off",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        date_header=False,
+        timeout_keep_alive=settings.keep_alive_seconds,
+        timeout_graceful_shutdown=int(grace_seconds),
     )
-    server = waitress.create_server(
-        wsgi,
-        **where,
-        threads=settings.threads,
-        max_request_body_size=settings.max_body_bytes + 1024 * 1024,
-        channel_timeout=120,
-        connection_limit=1000,
-        backlog=2048,
-        ident="lepton",
-        clear_untrusted_proxy_headers=False,
-    )
-    draining: threading.Event = app.extensions["lepton.draining"]
-
-    drained = threading.Event()
-
-    def drain() -> None:
-        deadline = time.monotonic() + grace_seconds
-        while wsgi.count and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.1)  # let the event loop flush the last responses
-        drained.set()
-        _thread.interrupt_main()  # runs on_signal again in the main thread, which now stops
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        if drained.is_set():
-            raise KeyboardInterrupt  # waitress' run() stops its loop and its threads
-        if draining.is_set():
-            return
-        log.info(
-            "stopping: draining in-flight requests",
-            extra={"signal": signum, "in_flight": wsgi.count},
-        )
-        draining.set()
-        server.accepting = False  # type: ignore[attr-defined]
-        threading.Thread(target=drain, name="drain", daemon=True).start()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    server = _Server(config, app.draining)
     log.info(
         "serving",
         extra={
             "function": Path(function_dir).name,
+            "host": settings.host,
             "port": settings.port,
             "threads": settings.threads,
             "pid": os.getpid(),
         },
     )
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:
+        app.close()
         if service is not None:
             service.stop()
-        server.close()
+        sock.close()
         log.info("stopped")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's Server whose SIGTERM/SIGINT marks the app draining (readiness 503) and ends
+    the process normally once requests in flight are done (uvicorn would re-raise the signal
+    after its drain, turning a clean stop into death by SIGTERM)."""
+
+    def __init__(self, config: uvicorn.Config, draining: threading.Event) -> None:
+        super().__init__(config)
+        self._draining = draining
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if not self._draining.is_set():
+            log.info("stopping: draining in-flight requests", extra={"signal": sig})
+        self._draining.set()
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        self.should_exit = True

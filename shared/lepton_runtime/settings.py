@@ -67,6 +67,11 @@ class Settings:
     model_poll_seconds: float = 30.0
     top_k: int = 3
     max_body_bytes: int = 32 * 1024 * 1024
+    # Request bodies one process holds at once, all connections together (see server.BodyBudget).
+    max_buffered_body_bytes: int = 64 * 1024 * 1024
+    body_wait_seconds: float = 5.0  # how long a body waits for room in that budget, then 503
+    max_form_parts: int = 128  # multipart parts per request (files and fields)
+    max_form_memory_bytes: int = 64 * 1024  # a non-file form field held in memory
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     max_batch_images: int = 64
@@ -75,7 +80,9 @@ class Settings:
     min_accuracy: float = 0.9
     gate_tolerance: float = 0.02
     event_source: str = ""
+    host: str = "0.0.0.0"  # the function server's listening address; the local stack: loopback
     port: int = 8080
+    keep_alive_seconds: int = 30  # idle keep-alive connections are closed after this
     functions_dir: Path = Path("functions")  # where `lepton serve` finds <role>/func.py
     threads: int = 4
     workers: int = 0  # server processes; 0 = one per available CPU
@@ -92,6 +99,11 @@ class Settings:
     source_concurrency: int = 8
     sink_timeout: float = 30.0
     ce_overrides: tuple[tuple[str, str], ...] = ()  # K_CE_OVERRIDES extensions, as pairs
+
+    @property
+    def body_budget_bytes(self) -> int:
+        """What one process may hold of request bodies: never less than one whole body."""
+        return max(self.max_buffered_body_bytes, self.max_body_bytes)
 
     @property
     def trigger_locations(self) -> tuple[Location, ...]:
@@ -146,6 +158,10 @@ class Settings:
             model_poll_seconds=reader.float("LEPTON_MODEL_POLL_SECONDS", 30.0, minimum=0.0),
             top_k=reader.int("LEPTON_TOP_K", 3, minimum=1),
             max_body_bytes=reader.int("LEPTON_MAX_BODY_BYTES", 32 * 1024 * 1024, minimum=1),
+            max_buffered_body_bytes=reader.int(
+                "LEPTON_MAX_BUFFERED_BODY_BYTES", 64 * 1024 * 1024, minimum=1
+            ),
+            max_form_parts=reader.int("LEPTON_MAX_FORM_PARTS", 128, minimum=1),
             max_image_bytes=reader.int("LEPTON_MAX_IMAGE_BYTES", 20 * 1024 * 1024, minimum=1),
             max_image_pixels=reader.int("LEPTON_MAX_IMAGE_PIXELS", 40_000_000, minimum=1),
             max_batch_images=reader.int("LEPTON_MAX_BATCH_IMAGES", 64, minimum=1),
@@ -154,6 +170,7 @@ class Settings:
             min_accuracy=reader.float("LEPTON_MIN_ACCURACY", 0.9, minimum=0.0, maximum=1.0),
             gate_tolerance=reader.float("LEPTON_GATE_TOLERANCE", 0.02, minimum=0.0, maximum=1.0),
             event_source=reader.str("LEPTON_EVENT_SOURCE", ""),
+            host=reader.str("LEPTON_HOST", "0.0.0.0"),
             port=reader.int("PORT", 8080, minimum=1, maximum=65535),
             functions_dir=Path(reader.str("LEPTON_FUNCTIONS_DIR", "functions")),
             threads=reader.int("LEPTON_THREADS", 4, minimum=1),

@@ -15,14 +15,13 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from lepton_runtime.processes import die_with_parent
-from lepton_runtime.server import load_function, serve_process
+from lepton_runtime.server import listening_socket, load_function, serve_process
 from lepton_runtime.settings import Settings
 
 log = logging.getLogger("lepton.server")
@@ -67,16 +66,6 @@ def serve(function_dir: Path, settings: Settings, grace_seconds: float = 30.0) -
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _listening_socket(port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(("0.0.0.0", port))
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
-
-
 class _Supervisor:
     """The parent: forks the workers and keeps them running until told to stop."""
 
@@ -95,7 +84,7 @@ class _Supervisor:
     def run(self) -> None:
         # Bind once here, so a taken port fails now, once, with a clear error. It is closed
         # before forking: a listening socket no worker accepts on would swallow connections.
-        _listening_socket(self.settings.port).close()
+        listening_socket(self.settings.host, self.settings.port, reuse_port=True).close()
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         signal.signal(signal.SIGUSR1, self._relay)
@@ -138,7 +127,9 @@ class _Supervisor:
                 self.function_dir,
                 self.settings,
                 self.grace,
-                listen=lambda: _listening_socket(self.settings.port),
+                listen=lambda: listening_socket(
+                    self.settings.host, self.settings.port, reuse_port=True
+                ),
                 ready_wait=_READY_WAIT_SECONDS,
             )
         except BaseException:

@@ -20,6 +20,7 @@ from jsonschema import Draft7Validator
 from manifests_support import REPO, Build, CodeFacts, Doc, Workload, api_group, workloads
 from werkzeug.test import Client
 
+from asgi_client import ASGITestClient
 from lepton_runtime.deadletters import DeadLetterApp
 from lepton_runtime.emit import (
     INFERENCE_COMPLETED,
@@ -395,7 +396,7 @@ def test_function_server_answers_the_probe_paths() -> None:
     from lepton_runtime.server import build_app
 
     func = types.SimpleNamespace(main=lambda context: "ok")
-    client = build_app(func, Settings()).test_client()
+    client = ASGITestClient(build_app(func, Settings()))
     assert client.get(LIVENESS).status_code == 200
     assert client.get(READINESS).status_code == 200
 

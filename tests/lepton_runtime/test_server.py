@@ -17,6 +17,7 @@ import pytest
 import requests
 from cloudevents.http import CloudEvent
 
+from asgi_client import ASGITestClient
 from lepton_runtime.emit import binary_http
 from lepton_runtime.metrics import FunctionMetrics
 from lepton_runtime.server import build_app
@@ -49,7 +50,7 @@ def client(fake: FakeService):
         return {"path": context.request.path}
 
     func = SimpleNamespace(main=main, service=fake)
-    return build_app(func, Settings.from_env({})).test_client()
+    return ASGITestClient(build_app(func, Settings.from_env({})))
 
 
 def test_readiness_is_503_until_the_function_is_ready(client, fake) -> None:
@@ -107,7 +108,7 @@ def test_wrong_method_is_a_json_405(client) -> None:
 def test_body_over_the_limit_never_reaches_main_as_a_crash(fake) -> None:
     func = SimpleNamespace(main=lambda context: context.request.get_data(), service=fake)
     app = build_app(func, Settings.from_env({"LEPTON_MAX_BODY_BYTES": "10"}))
-    response = app.test_client().post("/", data=b"x" * 100)
+    response = ASGITestClient(app).post("/", data=b"x" * 100)
     assert response.status_code == 413
 
 

@@ -63,6 +63,8 @@ from lepton_runtime.storage import Storage
 log = logging.getLogger("lepton.infer")
 
 _V1_PREFIX = "/v1/models/"
+_MODEL_ROUTE_PREFIXES = ("/v1/models/", "/v2/")
+_INLINE_TYPES = ("application/octet-stream", "multipart/form-data")
 # What clients send when they do not say (curl -d / --data-binary, plain text): sniffed.
 _GENERIC_TYPES = ("", "application/x-www-form-urlencoded", "text/plain")
 _MAX_RESULT_BYTES = 1024 * 1024
@@ -126,6 +128,16 @@ class InferenceService:
 
     def ready(self) -> bool:
         return self.registry.current is not None
+
+    def inline(self, request: Request) -> bool:
+        """Answered from memory (decode -> infer -> encode), so the server may run it on its
+        event loop: images, forms and the model routes. Events read and write objects."""
+        if request.path.startswith(_MODEL_ROUTE_PREFIXES):
+            return True
+        if request.method != "POST" or "ce-specversion" in request.headers:
+            return False
+        mtype = codecs.media_type(request.content_type)
+        return mtype.startswith("image/") or mtype in _INLINE_TYPES
 
     def handle(self, context: Any) -> Response:
         """parliament's `main(context)`: route, run, and always answer with JSON or an event."""

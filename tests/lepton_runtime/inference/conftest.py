@@ -13,8 +13,8 @@ from typing import Any
 import boto3
 import numpy as np
 import pytest
-from flask.testing import FlaskClient
 
+from asgi_client import ASGITestClient
 from lepton_model import datasets, digits
 from lepton_model.artifacts import export_artifact
 from lepton_model.training import TrainingConfig, train
@@ -97,19 +97,19 @@ def empty_service(s3: Any, settings: Settings) -> InferenceService:
     return InferenceService(settings, Storage.from_settings(settings))
 
 
-def _client_for(service: InferenceService, settings: Settings) -> FlaskClient:
+def _client_for(service: InferenceService, settings: Settings) -> ASGITestClient:
     func = SimpleNamespace(main=service.handle, service=service)
-    return build_app(func, settings).test_client()
+    return ASGITestClient(build_app(func, settings))
 
 
 @pytest.fixture
-def client_for() -> Callable[[InferenceService, Settings], FlaskClient]:
+def client_for() -> Callable[[InferenceService, Settings], ASGITestClient]:
     """parliament's app around a service, as `lepton serve` builds it, as a test client."""
     return _client_for
 
 
 @pytest.fixture
-def client(service: InferenceService, settings: Settings) -> FlaskClient:
+def client(service: InferenceService, settings: Settings) -> ASGITestClient:
     return _client_for(service, settings)
 
 

@@ -12,8 +12,8 @@ from urllib.parse import quote_plus
 import boto3
 import numpy as np
 import pytest
-from flask.testing import FlaskClient
 
+from asgi_client import ASGITestClient
 from lepton_model import digits
 from lepton_runtime.server import build_app
 from lepton_runtime.settings import Settings
@@ -76,9 +76,9 @@ def service(make_service) -> TrainingService:
 
 
 @pytest.fixture
-def client(service: TrainingService) -> FlaskClient:
+def client(service: TrainingService) -> ASGITestClient:
     func = SimpleNamespace(main=service.handle, service=service)
-    return build_app(func, service.settings).test_client()
+    return ASGITestClient(build_app(func, service.settings))
 
 
 @pytest.fixture
