@@ -32,11 +32,12 @@ from urllib.parse import unquote
 from cloudevents.abstract import CloudEvent
 from cloudevents.exceptions import GenericException as CloudEventError
 from cloudevents.http import from_http
-from waitress.server import create_server
 from werkzeug.wrappers import Request, Response
 
-from lepton_runtime.errors import ConfigurationError, LeptonError
+from lepton_runtime import jsonio
+from lepton_runtime.errors import BadRequestError, ConfigurationError, LeptonError
 from lepton_runtime.settings import Location, Settings
+from lepton_runtime.wsgi import json_error_server
 
 log = logging.getLogger("lepton_runtime.deadletters")
 
@@ -86,8 +87,8 @@ def describe(event: CloudEvent, *, percent_encoded: bool = False) -> dict[str, A
     data = event.get_data()
     if isinstance(data, bytes | bytearray):
         try:
-            data = json.loads(data)
-        except ValueError:
+            data = jsonio.loads(bytes(data), what="the dead letter's data")
+        except BadRequestError:
             data = {"base64": base64.b64encode(bytes(data)).decode()}
     return {"attributes": attributes, "error": error, "data": data}
 
@@ -132,9 +133,13 @@ class DeadLetterApp:
         return f"s3://{self.store.location.bucket}/{key}"
 
 
-def serve(app: DeadLetterApp, port: int, threads: int = 4, grace: float = 10.0) -> None:
+def serve(
+    app: DeadLetterApp, port: int, threads: int = 4, grace: float = 10.0, host: str = "0.0.0.0"
+) -> None:
     """Serve until SIGTERM/SIGINT, then let requests in flight finish (up to `grace` s)."""
-    server = create_server(app, host="0.0.0.0", port=port, threads=threads, ident="lepton")
+    server = json_error_server(
+        app, max_body_bytes=MAX_BODY_BYTES, host=host, port=port, threads=threads, ident="lepton"
+    )
 
     def on_signal(*_: Any) -> None:
         raise KeyboardInterrupt  # waitress' run() closes its listener and returns on it
@@ -161,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure("INFO")
         log.error("invalid configuration", extra={"error": str(exc)})
         return 2
-    serve(DeadLetterApp(store), settings.port, threads=min(settings.threads, 4))
+    serve(DeadLetterApp(store), settings.port, threads=min(settings.threads, 4), host=settings.host)
     return 0
 
 

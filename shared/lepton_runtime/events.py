@@ -20,7 +20,6 @@ Keys in S3 and MinIO notification records are URL-encoded (form encoding: space 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +29,13 @@ from cloudevents.abstract import CloudEvent
 from cloudevents.exceptions import GenericException as CloudEventError
 from cloudevents.http import from_dict
 
-from lepton_runtime.errors import EventFormatError, ForbiddenLocationError
+from lepton_runtime import jsonio
+from lepton_runtime.errors import (
+    BadRequestError,
+    EventFormatError,
+    ForbiddenLocationError,
+    PayloadTooLargeError,
+)
 from lepton_runtime.settings import FunctionRole, Settings
 
 S3_EVENT_TYPE_PREFIX = "com.amazonaws.s3."
@@ -48,6 +53,9 @@ OBJECT_CREATED = "ObjectCreated"
 
 _SNS_TYPES = ("Notification", "SubscriptionConfirmation", "UnsubscribeConfirmation")
 _MAX_NESTING = 4  # e.g. Knative aws-sqs -> SQS body -> SNS envelope -> S3 notification
+# S3 sends one record per notification and SQS at most 10 messages per batch: an event naming
+# more objects than this is not one a store sent, and each object costs a read and a write.
+MAX_RECORDS = 100
 # EventBridge names the operation in `detail.reason`; S3 notifications in the eventName suffix.
 _EVENTBRIDGE_REASONS = {
     "PutObject": "Put",
@@ -309,6 +317,10 @@ def _records(
     entries = body.get("Records")
     if not isinstance(entries, list):
         raise EventFormatError("`Records` must be a list")
+    if len(records) + len(entries) > MAX_RECORDS:
+        raise PayloadTooLargeError(
+            f"the event holds more than {MAX_RECORDS} records, the limit for one event"
+        )
     if not entries:
         ignored.append("notification without records")
     kinds: list[str] = []
@@ -421,19 +433,23 @@ def _decoded_data(data: Any) -> Any:
             data = bytes(data).decode()
         except UnicodeDecodeError:
             return data
-    if isinstance(data, str):
+    if isinstance(data, str) and data.strip():
         try:
-            return json.loads(data)
-        except ValueError:
+            return jsonio.loads(data, what="the event data")
+        except PayloadTooLargeError:
+            raise
+        except BadRequestError:
             return data
     return data
 
 
 def _json_text(text: str, what: str) -> Any:
     try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise EventFormatError(f"{what} is not JSON: {exc}") from exc
+        return jsonio.loads(text, what=what)
+    except PayloadTooLargeError:
+        raise
+    except BadRequestError as exc:
+        raise EventFormatError(str(exc)) from exc
 
 
 def _unknown_shape(body: Any) -> str:

@@ -11,7 +11,6 @@ again.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from lepton_model.errors import (
     NotAnImageError,
     UnsupportedImageError,
 )
+from lepton_runtime import jsonio
 from lepton_runtime.emit import binary_http, reply_event
 from lepton_runtime.errors import (
     AccessDeniedError,
@@ -110,7 +110,7 @@ def json_response(
     payload: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
     """A JSON response without Flask's jsonify overhead (no pretty-printing, no app context)."""
-    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    body = jsonio.dumps(payload)
     response = Response(body, status=status, mimetype="application/json")
     if headers:
         response.headers.update(headers)

@@ -168,6 +168,7 @@ class FunctionApp:
             message = "the server holds as many request bodies as it may; retry shortly"
             headers_out = [*_JSON, (b"retry-after", b"1")]
             return await _send(send, 503, error_json(503, "server_busy", message), headers_out)
+        request: Request | None = None
         try:
             try:
                 body = await _read_body(receive, limit, declared)
@@ -176,6 +177,7 @@ class FunctionApp:
             if body is None:
                 return  # the client went away
             request = self._request(scope, headers, body)
+            del body  # the request holds it; nothing else may keep it past the answer
             context = Context(request)
             if _may_hold_cloudevent(headers):
                 try:
@@ -189,6 +191,10 @@ class FunctionApp:
                 response = await loop.run_in_executor(self._pool, self._invoke, context)
             await _send_response(send, response)
         finally:
+            if request is not None:
+                # werkzeug keeps the Request in its own environ (a reference cycle): break it,
+                # so the body is freed now rather than at the next garbage collection.
+                request.environ.pop("werkzeug.request", None)
             self.budget.release(reserved)
 
     async def _too_large(self, send: Send, declared: int | None, close: bool) -> None:

@@ -69,9 +69,10 @@ class Settings:
     max_body_bytes: int = 32 * 1024 * 1024
     # Request bodies one process holds at once, all connections together (see server.BodyBudget).
     max_buffered_body_bytes: int = 64 * 1024 * 1024
-    body_wait_seconds: float = 5.0  # how long a body waits for room in that budget, then 503
+    body_wait_seconds: float = 2.0  # how long a body waits for room in that budget, then 503
     max_form_parts: int = 128  # multipart parts per request (files and fields)
     max_form_memory_bytes: int = 64 * 1024  # a non-file form field held in memory
+    max_json_values: int = 1_000_000  # values one JSON body may hold (see jsonio)
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     max_batch_images: int = 64
@@ -95,6 +96,7 @@ class Settings:
     queue_url: str = ""
     webhook_port: int = 0
     webhook_token: str = ""
+    webhook_host: str = "0.0.0.0"  # beyond loopback, a token is required
     poll_wait_seconds: int = 20
     source_concurrency: int = 8
     sink_timeout: float = 30.0
@@ -162,6 +164,7 @@ class Settings:
                 "LEPTON_MAX_BUFFERED_BODY_BYTES", 64 * 1024 * 1024, minimum=1
             ),
             max_form_parts=reader.int("LEPTON_MAX_FORM_PARTS", 128, minimum=1),
+            max_json_values=reader.int("LEPTON_MAX_JSON_VALUES", 1_000_000, minimum=16),
             max_image_bytes=reader.int("LEPTON_MAX_IMAGE_BYTES", 20 * 1024 * 1024, minimum=1),
             max_image_pixels=reader.int("LEPTON_MAX_IMAGE_PIXELS", 40_000_000, minimum=1),
             max_batch_images=reader.int("LEPTON_MAX_BATCH_IMAGES", 64, minimum=1),
@@ -191,6 +194,7 @@ class Settings:
             queue_url=reader.str("LEPTON_SQS_QUEUE_URL", ""),
             webhook_port=reader.int("LEPTON_WEBHOOK_PORT", 0, minimum=0, maximum=65535),
             webhook_token=reader.str("LEPTON_WEBHOOK_TOKEN", ""),
+            webhook_host=reader.str("LEPTON_WEBHOOK_HOST", "0.0.0.0"),
             poll_wait_seconds=reader.int("LEPTON_SQS_WAIT_SECONDS", 20, minimum=0, maximum=20),
             source_concurrency=reader.int("LEPTON_SOURCE_CONCURRENCY", 8, minimum=1, maximum=100),
             sink_timeout=reader.float("LEPTON_SINK_TIMEOUT", 30.0, minimum=0.1),

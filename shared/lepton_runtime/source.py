@@ -21,6 +21,7 @@ Run it with `python -m lepton_runtime.source`; it logs JSON lines to stdout.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import logging
 import signal
@@ -37,15 +38,16 @@ import urllib3
 from botocore.exceptions import BotoCoreError, ClientError
 from cloudevents.abstract import CloudEvent
 from waitress import wasyncore
-from waitress.server import create_server
 from werkzeug.wrappers import Request, Response
 
+from lepton_runtime import jsonio
 from lepton_runtime.emit import binary_http, s3_object_event
-from lepton_runtime.errors import ConfigurationError, EventFormatError, LeptonError
+from lepton_runtime.errors import BadRequestError, ConfigurationError, LeptonError
 from lepton_runtime.events import find_records
 from lepton_runtime.logs import configure
 from lepton_runtime.settings import Settings
 from lepton_runtime.storage import make_sqs_client
+from lepton_runtime.wsgi import json_error_server
 
 log = logging.getLogger("lepton_runtime.source")
 
@@ -208,8 +210,8 @@ class SqsPoller:
             "receive_count": message.get("Attributes", {}).get("ApproximateReceiveCount"),
         }
         try:
-            forwarded = self.forwarder.forward(json.loads(message["Body"]))
-        except (ValueError, EventFormatError) as exc:
+            forwarded = self.forwarder.forward(jsonio.loads(message["Body"], what="the message"))
+        except BadRequestError as exc:
             # Never deleted: past the redrive limit it lands in the dead-letter queue.
             log.error("message is no S3 notification", extra={**fields, "error": str(exc)})
             return False
@@ -267,9 +269,9 @@ class WebhookApp:
         if (request.content_length or 0) > MAX_WEBHOOK_BODY_BYTES:
             return _json_response(413, _error("payload_too_large", "notification too large"))
         try:
-            body = json.loads(request.get_data(cache=False))
+            body = jsonio.loads(request.get_data(cache=False), what="the notification")
             forwarded = self.forwarder.forward(body)
-        except (ValueError, EventFormatError) as exc:
+        except BadRequestError as exc:
             log.error("webhook body is no S3 notification", extra={"error": str(exc)})
             return _json_response(400, _error("invalid_event", str(exc)))
         except DeliveryError as exc:
@@ -288,7 +290,11 @@ class WebhookServer:
     """A waitress server for the webhook app on its own thread."""
 
     def __init__(self, app: WebhookApp, host: str, port: int, threads: int = 4) -> None:
-        self._server = create_server(app, host=host, port=port, threads=threads)
+        # Waitress buffers a body (to disk past 512 KiB) before the app runs: this bounds it
+        # whether it comes with a Content-Length or chunked.
+        self._server = json_error_server(
+            app, max_body_bytes=MAX_WEBHOOK_BODY_BYTES, host=host, port=port, threads=threads
+        )
         self._thread = threading.Thread(target=self._server.run, name="webhook", daemon=True)
 
     @property
@@ -320,7 +326,7 @@ class SourceAdapter:
         settings: Settings,
         *,
         sqs_client: Any = None,
-        webhook_host: str = "0.0.0.0",
+        webhook_host: str | None = None,
         webhook_port: int | None = None,
         http: urllib3.PoolManager | None = None,
     ) -> None:
@@ -330,6 +336,13 @@ class SourceAdapter:
             raise ConfigurationError("K_SINK is not set: nowhere to send events")
         if not settings.queue_url and not serve_webhook:
             raise ConfigurationError("set LEPTON_SQS_QUEUE_URL, LEPTON_WEBHOOK_PORT or both")
+        webhook_host = settings.webhook_host if webhook_host is None else webhook_host
+        if serve_webhook and not settings.webhook_token and not is_loopback(webhook_host):
+            raise ConfigurationError(
+                f"the webhook listens on {webhook_host}, beyond loopback: set "
+                "LEPTON_WEBHOOK_TOKEN (MinIO's notify_webhook auth_token) so strangers cannot "
+                "post notifications, or LEPTON_WEBHOOK_HOST=127.0.0.1"
+            )
         self.settings = settings
         self.crashed = False
         self._stop = threading.Event()
@@ -433,6 +446,16 @@ def main() -> int:
     adapter.wait()
     adapter.close()
     return 1 if adapter.crashed else 0
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _json_response(status: int, body: Mapping[str, Any]) -> Response:

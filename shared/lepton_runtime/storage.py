@@ -34,8 +34,10 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from lepton_runtime import jsonio
 from lepton_runtime.errors import (
     AccessDeniedError,
+    BadRequestError,
     ObjectFormatError,
     ObjectNotFoundError,
     ObjectTooLargeError,
@@ -197,9 +199,9 @@ class Storage:
                 return None
             raise
         try:
-            return json.loads(stored.data)
-        except ValueError as exc:
-            raise ObjectFormatError(f"s3://{bucket}/{key} is not valid JSON: {exc}") from exc
+            return jsonio.loads(stored.data, what=f"s3://{bucket}/{key}")
+        except BadRequestError as exc:
+            raise ObjectFormatError(str(exc)) from exc
 
     def head(self, bucket: str, key: str) -> ObjectInfo:
         with _mapped(bucket, key, "inspect"):

@@ -83,6 +83,9 @@ class StackLayout:
             "LEPTON_MODEL_NAME": self.model,
             "LEPTON_S3_ADDRESSING_STYLE": "path",
             "LEPTON_MODEL_POLL_SECONDS": "10",
+            # Every port of the local stack listens on loopback only.
+            "LEPTON_HOST": self.host,
+            "LEPTON_WEBHOOK_HOST": self.host,
         }
         if role == "infer":
             env["PORT"] = str(self.ports.infer)

@@ -10,7 +10,6 @@ promotion gate holds it back. The same data with the same options never trains t
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import tempfile
 import threading
@@ -22,17 +21,15 @@ from typing import Any
 
 from cloudevents.http import CloudEvent
 from flask import Request, Response
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from lepton_model import datasets as ds
 from lepton_model.artifacts import METADATA_FILE, export_artifact
 from lepton_model.errors import DatasetError, LeptonModelError
 from lepton_model.imaging import ImageLimits
-from lepton_runtime import codecs
+from lepton_runtime import codecs, jsonio
 from lepton_runtime.emit import MODEL_PUBLISHED, TRAINING_FAILED, reply_event
 from lepton_runtime.errors import (
     BadRequestError,
-    PayloadTooLargeError,
     StorageError,
     TrainingBusyError,
     is_retryable,
@@ -190,19 +187,11 @@ class TrainingService:
                 options = manifest
         return parse_options(options, self.settings.model_name, source, defaults=self.defaults)
 
-    @staticmethod
-    def _json(request: Request) -> Any:
-        try:
-            body = request.get_data(cache=True)
-        except RequestEntityTooLarge as exc:
-            raise PayloadTooLargeError("the body is too large") from exc
+    def _json(self, request: Request) -> Any:
         mtype = codecs.media_type(request.content_type)
         if mtype and not codecs.is_json_type(mtype):
             raise BadRequestError(f"send application/json, not {mtype!r}")
-        try:
-            return json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequestError(f"the body is not valid JSON ({exc})") from exc
+        return jsonio.loads(request.get_data(cache=True), self.settings.max_json_values)
 
     # --- the work -----------------------------------------------------------------------------
 

@@ -1,0 +1,289 @@
+"""Requests built to cost memory and time, against a real `lepton serve infer` with a model.
+
+Every answer must come within 5 s as the functions' JSON (never a reset, never a 500), each
+worker's peak resident memory (VmHWM) must stay under 300 MB, and the function must classify a
+digit afterwards.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import requests
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[3]
+PEAK_LIMIT_MB = 300
+ANSWER_SECONDS = 5.0
+MAX_BODY = 32 * 1024 * 1024  # the default LEPTON_MAX_BODY_BYTES
+
+
+def _vm_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+def _workers(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(child) for child in children] or [pid]
+
+
+@pytest.fixture(scope="module")
+def served(moto_server: str, model_dir: Path, tmp_path_factory) -> Iterator[dict[str, Any]]:
+    credentials = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+    }
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=moto_server,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    bucket = "hostile-models"
+    for name in (bucket, "hostile-uploads", "hostile-results"):
+        s3.create_bucket(Bucket=name)
+    for path in model_dir.iterdir():
+        s3.put_object(Bucket=bucket, Key=f"digits/v1/{path.name}", Body=path.read_bytes())
+    s3.put_object(Bucket=bucket, Key="digits/latest.json", Body=b'{"version": "v1"}')
+    port = _free_port()
+    env = {
+        **os.environ,
+        **credentials,
+        "PORT": str(port),
+        "AWS_ENDPOINT_URL": moto_server,
+        "LEPTON_MODELS_BUCKET": bucket,
+        "LEPTON_UPLOADS_BUCKET": "hostile-uploads",
+        "LEPTON_RESULTS_BUCKET": "hostile-results",
+        "LEPTON_MODEL_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
+        "LEPTON_WORKERS": "2",
+        "LEPTON_LOG_LEVEL": "WARNING",
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    command = [sys.executable, "-m", "lepton_stack.cli", "serve", "infer"]
+    process = subprocess.Popen(
+        [*command, "--function-dir", str(ROOT / "functions" / "infer")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while not _ready(url):
+        assert time.monotonic() < deadline, "the function never became ready"
+        time.sleep(0.2)
+    time.sleep(1.0)  # both workers load their model
+    yield {"process": process, "url": url, "port": int(url.rsplit(":", 1)[1])}
+    peaks = {pid: _vm_hwm_mb(pid) for pid in _workers(process.pid)}
+    print(f"\nworker peak resident memory (VmHWM, MB): {peaks}")
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _ready(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/health/readiness", timeout=2).status_code == 200
+    except requests.ConnectionError:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def bounded(served: dict[str, Any]) -> Iterator[None]:
+    """After each attack: every worker under the memory bound, and still classifying."""
+    workers = _workers(served["process"].pid)
+    for pid in workers:  # the peak of this attack alone: reset VmHWM to the current RSS
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    yield
+    peaks = {pid: _vm_hwm_mb(pid) for pid in workers}
+    print(f" peaks MB {peaks}", end="")
+    for pid, peak in peaks.items():
+        assert peak < PEAK_LIMIT_MB, f"worker {pid} peaked at {peak:.0f} MB"
+    response = requests.post(
+        served["url"] + "/", data=_digit(), headers={"Content-Type": "image/png"}, timeout=10
+    )
+    assert response.status_code == 200
+
+
+def _digit() -> bytes:
+    import io
+
+    import numpy as np
+
+    from lepton_model import digits
+
+    images, labels = digits.load_digits()
+    buffer = io.BytesIO()
+    digits.render_digit(images[int(np.flatnonzero(labels == 3)[0])], 28).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _timed_post(url: str, **kwargs: Any) -> tuple[requests.Response, float]:
+    started = time.monotonic()
+    response = requests.post(url, timeout=30, **kwargs)
+    return response, time.monotonic() - started
+
+
+def _assert_json_error(response: requests.Response, status: int, seconds: float) -> dict:
+    assert seconds < ANSWER_SECONDS
+    assert response.status_code == status, response.text[:300]
+    assert response.headers["Content-Type"].startswith("application/json")
+    return response.json()["error"]
+
+
+def test_json_nested_100k_deep_is_a_400(served) -> None:
+    body = b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    response, seconds = _timed_post(
+        served["url"] + "/v1/models/digits:predict",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
+    assert "deeper than" in _assert_json_error(response, 400, seconds)["message"]
+
+
+def test_millions_of_empty_arrays_are_refused_before_parsing(served) -> None:
+    body = b'{"instances": [' + b"[]," * (10 * 1024 * 1024) + b"[]]}"
+    response, seconds = _timed_post(
+        served["url"] + "/", data=body, headers={"Content-Type": "application/json"}
+    )
+    assert "JSON values" in _assert_json_error(response, 413, seconds)["message"]
+
+
+def test_ten_thousand_instances_are_refused_before_decoding(served) -> None:
+    image = base64.b64encode(_digit()).decode()
+    body = json.dumps({"instances": [{"b64": image}] * 10_000}).encode()
+    response, seconds = _timed_post(
+        served["url"] + "/v1/models/digits:predict",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
+    assert "images in one request" in _assert_json_error(response, 413, seconds)["message"]
+
+
+def test_a_form_of_thousands_of_parts_is_refused(served) -> None:
+    boundary = "hostileboundary"
+    part = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=f; filename=a.png\r\n"
+        "Content-Type: image/png\r\n\r\nx\r\n"
+    )
+    body = (part * 20_000 + f"--{boundary}--\r\n").encode()
+    response, seconds = _timed_post(
+        served["url"] + "/",
+        data=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert "parts" in _assert_json_error(response, 413, seconds)["message"]
+
+
+def test_a_body_over_the_limit_is_answered_not_reset(served) -> None:
+    response, seconds = _timed_post(
+        served["url"] + "/",
+        data=b"\x00" * (MAX_BODY + 1024),
+        headers={"Content-Type": "image/png"},
+    )
+    assert "the limit is" in _assert_json_error(response, 413, seconds)["message"]
+
+
+def test_a_chunked_body_over_the_limit_is_answered_not_reset(served) -> None:
+    def chunks() -> Iterator[bytes]:
+        for _ in range(40):
+            yield b"\x00" * (1024 * 1024)
+
+    response, seconds = _timed_post(
+        served["url"] + "/", data=chunks(), headers={"Content-Type": "image/png"}
+    )
+    _assert_json_error(response, 413, seconds)
+
+
+def test_a_declared_gigabyte_is_refused_at_once(served) -> None:
+    with socket.create_connection(("127.0.0.1", served["port"]), timeout=10) as sock:
+        started = time.monotonic()
+        sock.sendall(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            b"Content-Length: 1073741824\r\n\r\n" + b"\x00" * 65536
+        )
+        answer = sock.recv(65536)
+        assert time.monotonic() - started < ANSWER_SECONDS
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert b'"payload_too_large"' in answer
+
+
+def test_a_megabyte_of_headers_is_a_json_431(served) -> None:
+    with socket.create_connection(("127.0.0.1", served["port"]), timeout=10) as sock:
+        sock.sendall(b"GET /health/liveness HTTP/1.1\r\nHost: x\r\n")
+        try:
+            for index in range(1024):
+                sock.sendall(b"X-Pad-%d: %s\r\n" % (index, b"a" * 1024))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server stopped reading: it has answered
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 431")
+    assert b'"headers_too_large"' in answer
+
+
+def test_malformed_http_is_a_json_400(served) -> None:
+    with socket.create_connection(("127.0.0.1", served["port"]), timeout=10) as sock:
+        sock.sendall(b"\x16\x03\x01 not http at all\r\n\r\n")
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert b'"bad_request"' in answer
+
+
+def test_many_large_bodies_at_once_stay_within_the_process_budget(served) -> None:
+    body = b"\x00" * (MAX_BODY - 1024)
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def send() -> None:
+        response, seconds = _timed_post(
+            served["url"] + "/", data=body, headers={"Content-Type": "image/png"}
+        )
+        assert seconds < ANSWER_SECONDS + 2.0  # the budget wait (2 s) plus the answer
+        with lock:
+            statuses.append(response.status_code)
+
+    with ThreadPoolExecutor(12) as pool:
+        for future in [pool.submit(send) for _ in range(12)]:
+            future.result()
+    # Over the image limit: refused as such when admitted, 503 + Retry-After when not.
+    assert set(statuses) <= {413, 503}
+    assert 413 in statuses
+
+
+def test_an_event_naming_thousands_of_objects_is_refused_before_reading(served) -> None:
+    record = {
+        "eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": "hostile-uploads"}, "object": {"key": "images/x.png"}},
+    }
+    response, seconds = _timed_post(served["url"] + "/", json={"Records": [record] * 5000})
+    assert seconds < ANSWER_SECONDS
+    assert response.status_code == 200  # permanent: the failed reply, not retried
+    assert response.headers["ce-type"] == "ai.lepton.inference.failed"
+    assert "more than 100 records" in response.json()["error"]["message"]
