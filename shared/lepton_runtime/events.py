@@ -138,8 +138,10 @@ def parse_json(body: Any) -> InboundEvent:
     if isinstance(body, Mapping) and "specversion" in body:
         # A structured CloudEvent that arrived without the application/cloudevents+json type.
         try:
-            event = from_dict(body)
-        except CloudEventError as exc:
+            event = from_dict(dict(body))
+        # The SDK raises its own errors, and TypeError/ValueError/AttributeError for attribute
+        # values of the wrong JSON type (`"specversion": []`).
+        except (CloudEventError, TypeError, ValueError, AttributeError, KeyError) as exc:
             raise EventFormatError(f"invalid structured CloudEvent: {exc}") from exc
         return parse_cloudevent(event)
     return _inbound(find_records(body))

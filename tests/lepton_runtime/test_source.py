@@ -27,6 +27,7 @@ from lepton_runtime.errors import ConfigurationError, EventFormatError
 from lepton_runtime.events import parse_cloudevent
 from lepton_runtime.settings import S3Settings, Settings
 from lepton_runtime.source import (
+    MAX_WEBHOOK_BODY_BYTES,
     DeliveryError,
     Forwarder,
     SourceAdapter,
@@ -420,3 +421,47 @@ def test_the_program_stops_cleanly_on_sigterm(pipeline: Pipeline, sink: Sink) ->
         process.kill()
     lines = [json.loads(line) for line in process.stdout.read().splitlines()]
     assert lines[-1]["message"] == "event source stopped"
+
+
+def test_a_webhook_beyond_loopback_needs_a_token(sink: Sink) -> None:
+    with pytest.raises(ConfigurationError, match="LEPTON_WEBHOOK_TOKEN"):
+        SourceAdapter(Settings(sink=sink.url), webhook_host="0.0.0.0", webhook_port=0)
+
+
+def test_a_webhook_on_loopback_may_go_without_a_token(sink: Sink) -> None:
+    adapter = SourceAdapter(Settings(sink=sink.url), webhook_host="127.0.0.1", webhook_port=0)
+    assert adapter.webhook is not None
+
+
+def test_a_chunked_webhook_body_over_the_limit_is_a_json_413(sink: Sink) -> None:
+    settings = Settings(sink=sink.url, webhook_token="t0k")
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(4):
+            yield b" " * (MAX_WEBHOOK_BODY_BYTES // 2)
+
+    with running(SourceAdapter(settings, webhook_host="127.0.0.1", webhook_port=0)) as adapter:
+        assert adapter.webhook is not None
+        response = requests.post(
+            f"http://127.0.0.1:{adapter.webhook.port}/",
+            data=chunks(),
+            headers={"Authorization": "Bearer t0k", "Content-Type": "application/json"},
+            timeout=10,
+        )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+    assert sink.requests == []
+
+
+def test_a_deeply_nested_webhook_body_is_a_400_not_a_crash(sink: Sink) -> None:
+    settings = Settings(sink=sink.url, webhook_token="t0k")
+    with running(SourceAdapter(settings, webhook_host="127.0.0.1", webhook_port=0)) as adapter:
+        assert adapter.webhook is not None
+        response = requests.post(
+            f"http://127.0.0.1:{adapter.webhook.port}/",
+            data=b"[" * 100_000,
+            headers={"Authorization": "Bearer t0k"},
+            timeout=10,
+        )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_event"
