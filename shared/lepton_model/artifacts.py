@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -36,6 +37,8 @@ class ModelMetadata:
     package_version: str = ""
     created: str = ""
     files: tuple[str, ...] = ()
+    # filename -> {"size": bytes, "sha256": hex digest}: what a download must hold.
+    artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -64,6 +67,10 @@ class ModelMetadata:
                 package_version=str(data.get("package_version", "")),
                 created=str(data.get("created", "")),
                 files=tuple(data.get("files", ())),
+                artifacts={
+                    str(name): {"size": int(entry["size"]), "sha256": str(entry["sha256"])}
+                    for name, entry in dict(data.get("artifacts", {})).items()
+                },
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ArtifactError(f"metadata.json is invalid ({exc!r})") from exc
@@ -130,9 +137,21 @@ def export_artifact(
         package_version=__version__,
         created=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         files=(*files, METADATA_FILE),
+        artifacts={name: file_digest(directory / name) for name in files},
     )
     write_metadata(directory, metadata)
     return metadata
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    """`{"size", "sha256"}` of a file, read in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with Path(path).open("rb") as stream:
+        while chunk := stream.read(1024 * 1024):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"size": size, "sha256": digest.hexdigest()}
 
 
 def write_metadata(directory: Path, metadata: ModelMetadata) -> Path:

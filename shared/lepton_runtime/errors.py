@@ -86,6 +86,13 @@ class ObjectNotFoundError(StorageError):
     code = "object_not_found"
 
 
+class ObjectChangedError(StorageError):
+    """The object is no longer the one an event named (overwritten since): permanent, and the
+    newer object's own event does the work."""
+
+    code = "object_changed"
+
+
 class ObjectTooLargeError(StorageError):
     """The object is bigger than the configured limit: permanent, nothing is downloaded."""
 

@@ -39,6 +39,7 @@ from lepton_runtime.errors import (
     LeptonError,
     ModelNotReadyError,
     NotFoundError,
+    ObjectChangedError,
     ObjectNotFoundError,
     ObjectTooLargeError,
     PayloadTooLargeError,
@@ -64,6 +65,7 @@ _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (ObjectTooLargeError, 413),
     # The object is gone: permanent. 410 is not retried by Knative, unlike 404.
     (ObjectNotFoundError, 410),
+    (ObjectChangedError, 412),  # Precondition Failed: Knative does not retry it
     (AccessDeniedError, 403),
     (StorageUnavailableError, 503),
     # Unknown 4xx from the store, objects that are not the JSON they must be: permanent.

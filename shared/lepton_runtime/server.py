@@ -177,7 +177,6 @@ class FunctionApp:
             if body is None:
                 return  # the client went away
             request = self._request(scope, headers, body)
-            del body  # the request holds it; nothing else may keep it past the answer
             context = Context(request)
             if _may_hold_cloudevent(headers):
                 try:

@@ -38,6 +38,7 @@ from lepton_runtime import jsonio
 from lepton_runtime.errors import (
     AccessDeniedError,
     BadRequestError,
+    ObjectChangedError,
     ObjectFormatError,
     ObjectNotFoundError,
     ObjectTooLargeError,
@@ -158,16 +159,32 @@ class Storage:
         return str(self.client.meta.endpoint_url)
 
     def get_bytes(
-        self, bucket: str, key: str, max_bytes: int, *, version_id: str | None = None
+        self,
+        bucket: str,
+        key: str,
+        max_bytes: int,
+        *,
+        version_id: str | None = None,
+        if_match: str | None = None,
     ) -> StoredObject:
         """Read a whole object of at most `max_bytes`.
 
         One GET: its Content-Length is checked before the body is read, and a too large object
-        is refused by closing the stream, so its body is never downloaded.
+        is refused by closing the stream, so its body is never downloaded. With `version_id`
+        or `if_match` (an ETag) the read is of that object only: ObjectChangedError if it was
+        overwritten since.
         """
-        extra = {"VersionId": version_id} if version_id else {}
+        extra: dict[str, Any] = {"VersionId": version_id} if version_id else {}
+        if if_match:
+            extra["IfMatch"] = f'"{if_match}"'
+        try:
+            with _mapped(bucket, key, "read"):
+                response = self.client.get_object(Bucket=bucket, Key=key, **extra)
+        except _PreconditionFailed as exc:
+            raise ObjectChangedError(
+                f"s3://{bucket}/{key} is no longer the object with ETag {if_match}"
+            ) from exc
         with _mapped(bucket, key, "read"):
-            response = self.client.get_object(Bucket=bucket, Key=key, **extra)
             body = response["Body"]
             try:
                 length = response.get("ContentLength")
@@ -192,14 +209,23 @@ class Storage:
         self, bucket: str, key: str, max_bytes: int = 1024 * 1024, *, missing_ok: bool = False
     ) -> Any:
         """Read and decode a JSON object of at most `max_bytes` (None if missing and allowed)."""
+        found = self.read_json(bucket, key, max_bytes)
+        if found is None:
+            if missing_ok:
+                return None
+            raise ObjectNotFoundError(f"s3://{bucket}/{key} does not exist")
+        return found[0]
+
+    def read_json(
+        self, bucket: str, key: str, max_bytes: int = 1024 * 1024
+    ) -> tuple[Any, str | None] | None:
+        """A JSON object and its ETag (for a conditional write after), or None if missing."""
         try:
             stored = self.get_bytes(bucket, key, max_bytes)
         except ObjectNotFoundError:
-            if missing_ok:
-                return None
-            raise
+            return None
         try:
-            return jsonio.loads(stored.data, what=f"s3://{bucket}/{key}")
+            return jsonio.loads(stored.data, what=f"s3://{bucket}/{key}"), stored.etag
         except BadRequestError as exc:
             raise ObjectFormatError(str(exc)) from exc
 
@@ -232,13 +258,15 @@ class Storage:
         *,
         metadata: Mapping[str, str] | None = None,
         if_absent: bool = False,
+        if_match: str | None = None,
     ) -> str | None:
         """Write an object; return its ETag.
 
         With `if_absent` the write is conditional (If-None-Match: *) and None is returned when
-        the object already exists: a redelivered event then cannot overwrite a result.
+        the object already exists: a redelivered event then cannot overwrite a result. With
+        `if_match` (an ETag) it replaces only that version of the object, else None.
         """
-        return self._put(bucket, key, data, content_type, metadata, if_absent)
+        return self._put(bucket, key, data, content_type, metadata, if_absent, if_match)
 
     def put_json(
         self,
@@ -248,10 +276,11 @@ class Storage:
         *,
         metadata: Mapping[str, str] | None = None,
         if_absent: bool = False,
+        if_match: str | None = None,
     ) -> str | None:
-        """Write `value` as UTF-8 JSON; return its ETag (None: `if_absent` and it existed)."""
+        """Write `value` as UTF-8 JSON; return its ETag (None: a condition did not hold)."""
         data = json.dumps(value, ensure_ascii=False, sort_keys=True).encode()
-        return self._put(bucket, key, data, JSON, metadata, if_absent)
+        return self._put(bucket, key, data, JSON, metadata, if_absent, if_match)
 
     def put_file(
         self, bucket: str, key: str, path: Path, content_type: str | None = None
@@ -274,9 +303,25 @@ class Storage:
                         last_modified=item.get("LastModified"),
                     )
 
-    def delete(self, bucket: str, key: str) -> None:
-        with _mapped(bucket, key, "delete"):
-            self.client.delete_object(Bucket=bucket, Key=key)
+    def list_prefixes(self, bucket: str, prefix: str = "") -> list[str]:
+        """The "folders" directly under `prefix` (CommonPrefixes with delimiter '/')."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        found: list[str] = []
+        with _mapped(bucket, prefix, "list"):
+            for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+                found.extend(item["Prefix"] for item in page.get("CommonPrefixes", ()))
+        return found
+
+    def delete(self, bucket: str, key: str, *, if_match: str | None = None) -> bool:
+        """Delete an object (with `if_match`, only that version of it); False if the condition
+        did not hold."""
+        extra = {"IfMatch": f'"{if_match}"'} if if_match else {}
+        try:
+            with _mapped(bucket, key, "delete"):
+                self.client.delete_object(Bucket=bucket, Key=key, **extra)
+        except _PreconditionFailed:
+            return False
+        return True
 
     def publish(
         self,
@@ -322,12 +367,15 @@ class Storage:
         content_type: str,
         metadata: Mapping[str, str] | None,
         if_absent: bool = False,
+        if_match: str | None = None,
     ) -> str | None:
         extra: dict[str, Any] = {}
         if metadata:
             extra["Metadata"] = dict(metadata)
         if if_absent:
             extra["IfNoneMatch"] = "*"
+        if if_match:
+            extra["IfMatch"] = f'"{if_match}"'
         try:
             with _mapped(bucket, key, "write"):
                 response = self.client.put_object(

@@ -1,0 +1,1 @@
+"""The models bucket (layout, publishing, run claims) and the local model cache."""
