@@ -153,8 +153,11 @@ class FunctionApp:
         if self.draining.is_set():
             return await _send(send, 503, b'{"status":"draining"}', _JSON)
         ready = self.service is None or self.service.ready()
-        body = b'{"status":"ready"}' if ready else b'{"status":"loading"}'
-        await _send(send, 200 if ready else 503, body, _JSON)
+        state: dict[str, Any] = {"status": "ready" if ready else "loading"}
+        detail = getattr(self.service, "readiness_detail", None)
+        if detail is not None:
+            state.update(detail())
+        await _send(send, 200 if ready else 503, orjson.dumps(state), _JSON)
 
     async def _main(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = _header_map(scope["headers"])

@@ -80,6 +80,11 @@ class Settings:
     train_epochs: int = 30  # when a training request does not say
     min_accuracy: float = 0.9
     gate_tolerance: float = 0.02
+    # A training's lease on its run record: renewed every third of it; a crashed run is taken
+    # over by the next delivery once it ran out.
+    training_lease_seconds: float = 120.0
+    # How long a delivery of a run another replica is training waits for its result.
+    training_wait_seconds: float = 1800.0
     event_source: str = ""
     host: str = "0.0.0.0"  # the function server's listening address; the local stack: loopback
     port: int = 8080
@@ -172,6 +177,12 @@ class Settings:
             train_epochs=reader.int("LEPTON_TRAIN_EPOCHS", 30, minimum=1, maximum=1000),
             min_accuracy=reader.float("LEPTON_MIN_ACCURACY", 0.9, minimum=0.0, maximum=1.0),
             gate_tolerance=reader.float("LEPTON_GATE_TOLERANCE", 0.02, minimum=0.0, maximum=1.0),
+            training_lease_seconds=reader.float(
+                "LEPTON_TRAINING_LEASE_SECONDS", 120.0, minimum=1.0, maximum=3600.0
+            ),
+            training_wait_seconds=reader.float(
+                "LEPTON_TRAINING_WAIT_SECONDS", 1800.0, minimum=0.0, maximum=86400.0
+            ),
             event_source=reader.str("LEPTON_EVENT_SOURCE", ""),
             host=reader.str("LEPTON_HOST", "0.0.0.0"),
             port=reader.int("PORT", 8080, minimum=1, maximum=65535),

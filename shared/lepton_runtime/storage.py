@@ -1,4 +1,4 @@
-"""Object storage over boto3: bounded reads, JSON and file puts, listing, pointer-last publishing.
+"""Object storage over boto3: bounded and conditional reads and writes, JSON, files, listings.
 
 The client is configured the standard way: endpoint, region and credentials come from boto3's
 own resolution (AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, AWS_REGION / AWS_DEFAULT_REGION, the
@@ -47,7 +47,7 @@ from lepton_runtime.errors import (
     StorageUnavailableError,
 )
 from lepton_runtime.events import normalise_etag
-from lepton_runtime.settings import Location, S3Settings, Settings
+from lepton_runtime.settings import S3Settings, Settings
 
 OCTET_STREAM = "application/octet-stream"
 JSON = "application/json"
@@ -322,42 +322,6 @@ class Storage:
         except _PreconditionFailed:
             return False
         return True
-
-    def publish(
-        self,
-        location: Location | str,
-        prefix: str,
-        files: Mapping[str, bytes | Path],
-        pointer_key: str | None,
-        pointer_body: bytes | Mapping[str, Any] | None,
-    ) -> tuple[str, ...]:
-        """Upload `files` under `location`/`prefix`, then write the pointer object LAST.
-
-        The pointer (e.g. `<model>/latest.json`) is what makes a version live, so it is written
-        only after every file upload succeeded; any failure raises before it is touched. A plain
-        bucket name means a location without prefix; `pointer_key=None` stores the files only.
-        Returns the keys written, pointer last.
-        """
-        if isinstance(location, str):
-            location = Location(location)
-        base = prefix if not prefix or prefix.endswith("/") else prefix + "/"
-        written: list[str] = []
-        for name, content in files.items():
-            key = location.key(base + name)
-            if isinstance(content, Path):
-                self.put_file(location.bucket, key, content, guess_type(name))
-            else:
-                self.put_bytes(location.bucket, key, content, guess_type(name))
-            written.append(key)
-        if pointer_key is None:
-            return tuple(written)
-        pointer = location.key(pointer_key)
-        if isinstance(pointer_body, bytes):
-            self.put_bytes(location.bucket, pointer, pointer_body, guess_type(pointer_key))
-        else:
-            self.put_json(location.bucket, pointer, dict(pointer_body or {}))
-        written.append(pointer)
-        return tuple(written)
 
     def _put(
         self,

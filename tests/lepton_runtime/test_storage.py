@@ -1,4 +1,4 @@
-"""Storage over moto: bounded reads, puts, listing, pointer-last publishing, typed errors."""
+"""Storage over moto: bounded reads, puts, listing, conditional writes, typed errors."""
 
 from __future__ import annotations
 
@@ -15,13 +15,14 @@ from botocore.retries.standard import ExponentialBackoff
 
 from lepton_runtime.errors import (
     AccessDeniedError,
+    ObjectChangedError,
     ObjectFormatError,
     ObjectNotFoundError,
     ObjectTooLargeError,
     StorageRequestError,
     StorageUnavailableError,
 )
-from lepton_runtime.settings import Location, S3Settings, Settings
+from lepton_runtime.settings import S3Settings, Settings
 from lepton_runtime.storage import Storage, make_s3_client
 
 BUCKET = "lepton-test-bucket"
@@ -175,40 +176,6 @@ def test_list_objects_lists_only_the_prefix_in_key_order(storage: Storage) -> No
     assert listed == [("datasets/d/a.png", 2), ("datasets/d/b.png", 2)]
 
 
-def test_publish_writes_the_pointer_last(storage: Storage, tmp_path: Path) -> None:
-    order: list[str] = []
-    storage.client.meta.events.register(
-        "before-parameter-build.s3.PutObject", lambda params, **_: order.append(params["Key"])
-    )
-    (tmp_path / "model.tflite").write_bytes(b"tflite")
-    written = storage.publish(
-        Location(BUCKET, "models/"),
-        "digits/v1",
-        {"model.tflite": tmp_path / "model.tflite", "metadata.json": b"{}"},
-        "digits/latest.json",
-        {"version": "v1"},
-    )
-    expected = ["models/digits/v1/model.tflite", "models/digits/v1/metadata.json"]
-    assert tuple(order) == written == (*expected, "models/digits/latest.json")
-    assert storage.get_json(BUCKET, "models/digits/latest.json") == {"version": "v1"}
-
-
-def test_publish_never_writes_the_pointer_after_a_failed_upload(
-    storage: Storage, faults: Faults
-) -> None:
-    faults.inject("PutObject", 403, "AccessDenied", url_part="model.keras")
-    files = {"metadata.json": b"{}", "model.keras": b"k", "model.tflite": b"t"}
-    with pytest.raises(AccessDeniedError):
-        storage.publish(BUCKET, "digits/v2/", files, "digits/latest.json", {"version": "v2"})
-    assert not storage.exists(BUCKET, "digits/latest.json")
-    assert not storage.exists(BUCKET, "digits/v2/model.tflite")
-
-
-def test_publish_without_a_pointer_stores_the_files_only(storage: Storage) -> None:
-    written = storage.publish(BUCKET, "digits/v3/", {"metadata.json": b"{}"}, None, None)
-    assert written == ("digits/v3/metadata.json",)
-
-
 @pytest.mark.parametrize(
     ("status", "code", "error"),
     [
@@ -314,3 +281,32 @@ def test_bounded_reads_over_a_real_moto_server(moto_endpoint: str) -> None:
     assert storage.get_bytes("lepton-storage-http", "images/big.bin", 4 * 1024 * 1024).size == (
         2 * 1024 * 1024
     )
+
+
+def test_a_read_of_an_object_version_that_was_overwritten_is_refused(storage: Storage) -> None:
+    first = storage.put_bytes(BUCKET, "images/a.png", b"first")
+    storage.put_bytes(BUCKET, "images/a.png", b"second")
+    with pytest.raises(ObjectChangedError) as caught:
+        storage.get_bytes(BUCKET, "images/a.png", 100, if_match=first)
+    assert not caught.value.retryable
+
+
+def test_a_conditional_write_replaces_only_the_version_read(storage: Storage) -> None:
+    first = storage.put_json(BUCKET, "p.json", {"n": 1})
+    second = storage.put_json(BUCKET, "p.json", {"n": 2}, if_match=first)
+    assert second is not None
+    assert storage.put_json(BUCKET, "p.json", {"n": 3}, if_match=first) is None
+    assert storage.get_json(BUCKET, "p.json") == {"n": 2}
+
+
+def test_a_conditional_delete_leaves_a_newer_version_alone(storage: Storage) -> None:
+    first = storage.put_json(BUCKET, "r.json", {"n": 1})
+    storage.put_json(BUCKET, "r.json", {"n": 2})
+    assert storage.delete(BUCKET, "r.json", if_match=first) is False
+    assert storage.exists(BUCKET, "r.json")
+
+
+def test_list_prefixes_lists_the_folders_under_a_prefix(storage: Storage) -> None:
+    for key in ("m/v1/a", "m/v2/a", "m/latest.json"):
+        storage.put_bytes(BUCKET, key, b"x")
+    assert storage.list_prefixes(BUCKET, "m/") == ["m/v1/", "m/v2/"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +17,7 @@ from flask import Request, Response
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from lepton_model.classifier import Classifier
-from lepton_model.errors import ImageError, LeptonModelError
+from lepton_model.errors import ImageError
 from lepton_model.imaging import ImageLimits
 from lepton_runtime import codecs, jsonio
 from lepton_runtime.emit import (
@@ -46,6 +45,7 @@ from lepton_runtime.events import (
 )
 from lepton_runtime.inference.registry import ModelRegistry
 from lepton_runtime.metrics import FunctionMetrics
+from lepton_runtime.models.store import ModelStore
 from lepton_runtime.protocol import (
     Work,
     body_origin,
@@ -95,7 +95,9 @@ class InferenceService:
         self.settings = settings
         self.storage = storage
         self.metrics = metrics or FunctionMetrics("infer")
-        self.registry = registry or ModelRegistry(settings, storage, self.metrics)
+        self.registry = registry or ModelRegistry(
+            settings, ModelStore(storage, settings.models), self.metrics
+        )
         self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
         self.event_source = settings.event_source or f"/lepton/{settings.service or 'infer'}"
 
@@ -112,21 +114,19 @@ class InferenceService:
         """Tell sibling worker processes that a new model went live (set by the server)."""
 
     def changed(self) -> None:
-        """A sibling worker saw a new model: check latest.json now (in the background, as this
-        may run in a signal handler)."""
-        threading.Thread(target=self._refresh_quietly, name="model-refresh", daemon=True).start()
-
-    def _refresh_quietly(self) -> None:
-        try:
-            self.registry.refresh()
-        except (LeptonError, LeptonModelError, OSError) as exc:
-            log.warning("model refresh failed", extra={"error": str(exc)})
+        """A sibling worker saw a new model: check latest.json now (the loader thread does it;
+        this may run in a signal handler)."""
+        self.registry.request_refresh()
 
     def stop(self) -> None:
         self.registry.stop()
 
     def ready(self) -> bool:
         return self.registry.current is not None
+
+    def readiness_detail(self) -> dict[str, Any]:
+        """Why readiness says what it says: the model, its version, the last load error."""
+        return self.registry.status()
 
     def inline(self, request: Request) -> bool:
         """Answered from memory (decode -> infer -> encode), so the server may run it on its
@@ -318,7 +318,9 @@ class InferenceService:
     def _model_published(self, event: InboundEvent) -> Response:
         data = event.data if isinstance(event.data, dict) else {}
         if data.get("name") == self.settings.model_name and data.get("promoted", True):
-            self.registry.refresh()
+            # Coalesced with a load already running (it is loaded once more after it), never
+            # dropped; the event is acknowledged at once, the load runs in the background.
+            self.registry.request_refresh()
             self.announce()
         return Response(status=202)
 

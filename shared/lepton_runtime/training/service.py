@@ -10,10 +10,14 @@ promotion gate holds it back. The same data with the same options never trains t
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
+import socket
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +27,7 @@ from cloudevents.http import CloudEvent
 from flask import Request, Response
 
 from lepton_model import datasets as ds
-from lepton_model.artifacts import METADATA_FILE, export_artifact
+from lepton_model.artifacts import KERAS_FILE, METADATA_FILE, export_artifact
 from lepton_model.errors import DatasetError, LeptonModelError
 from lepton_model.imaging import ImageLimits
 from lepton_runtime import codecs, jsonio
@@ -42,8 +46,8 @@ from lepton_runtime.events import (
     parse_cloudevent,
     parse_json,
 )
-from lepton_runtime.inference.registry import POINTER_FILE
 from lepton_runtime.metrics import FunctionMetrics
+from lepton_runtime.models.store import Claim, LeaseLostError, ModelStore
 from lepton_runtime.protocol import (
     Work,
     body_origin,
@@ -67,9 +71,7 @@ from lepton_runtime.training.requests import (
 
 log = logging.getLogger("lepton.train")
 
-RUNS_FOLDER = "runs"
 _MAX_MANIFEST_BYTES = 1024 * 1024
-_STALE_RUN_SECONDS = 6 * 3600
 
 
 class TrainingService:
@@ -83,6 +85,9 @@ class TrainingService:
     ) -> None:
         self.settings = settings
         self.storage = storage
+        self.store = ModelStore(storage, settings.models)
+        # Who holds a run's lease: unique per process, readable in the run record.
+        self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.metrics = metrics or FunctionMetrics("train")
         self.event_source = settings.event_source or f"/lepton/{settings.service or 'train'}"
         self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
@@ -215,43 +220,73 @@ class TrainingService:
             if is_retryable(exc):
                 raise
             return self._failed(base, exc)
-        run_id = hashlib.sha256(f"{dataset.digest}\n{job.options_fingerprint()}".encode())
-        run_key = self._run_key(job.model_name, run_id.hexdigest()[:32])
-        previous = self.storage.get_json(
-            self.settings.models.bucket, run_key, 1024 * 1024, missing_ok=True
-        )
-        if isinstance(previous, dict) and previous.get("status") == "done":
-            log.info(
-                "duplicate training request: returning the first result",
-                extra={"model": job.model_name, "version": previous["reply"].get("version")},
-            )
-            self.metrics.object_event("duplicate")
-            return TrainingOutcome(MODEL_PUBLISHED, {**previous["reply"], "duplicate": True})
-        if (
-            isinstance(previous, dict)
-            and previous.get("status") == "running"
-            and (time.time() - float(previous.get("started", 0)) < _STALE_RUN_SECONDS)
-        ):
-            raise TrainingBusyError(
-                f"the same training is already running (since {previous.get('started_at')})"
-            )
-        version = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + run_id.hexdigest()[:8]
-        self.storage.put_json(
-            self.settings.models.bucket,
-            run_key,
-            {"status": "running", "version": version, "started": time.time(), "started_at": _now()},
-        )
+        run_id = hashlib.sha256(
+            f"{dataset.digest}\n{job.options_fingerprint()}".encode()
+        ).hexdigest()[:32]
+        claim = self._claim(job, run_id)
+        if not isinstance(claim, Claim):
+            return claim  # the first result of the same data and options
+        lease = _Heartbeat(self.store, claim, self.settings.training_lease_seconds / 3)
         try:
-            outcome = self._train_and_publish(job, dataset, version, started)
+            with lease:
+                outcome = self._train_and_publish(job, dataset, claim, lease, started)
+            self.store.finish_run(claim, outcome.data)
         except BaseException:
-            self.storage.delete(self.settings.models.bucket, run_key)
+            if not lease.lost:
+                self.store.release_run(claim)  # a redelivery may try again at once
             raise
-        self.storage.put_json(
-            self.settings.models.bucket,
-            run_key,
-            {"status": "done", "finished_at": _now(), "reply": outcome.data},
-        )
         return outcome
+
+    def _claim(self, job: TrainingRequest, run_id: str) -> Claim | TrainingOutcome:
+        """Own the run (create its record, or take over one whose lease expired), or return
+        the first result when it is done. While another replica holds a live lease on it, wait
+        for that one to finish (then answer its result) or to die (then take over)."""
+        name = job.model_name
+        deadline = time.monotonic() + self.settings.training_wait_seconds
+        waited = False
+        while True:
+            version = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + run_id[:8]
+            details = {
+                "version": version,
+                "started": time.time(),
+                "started_at": _now(),
+                "dataset": job.source.describe(),
+            }
+            got = self.store.claim_run(
+                name, run_id, self.owner, self.settings.training_lease_seconds, details
+            )
+            if isinstance(got, Claim):
+                if waited or got.body.get("took_over_from"):
+                    log.info(
+                        "took over a training whose owner stopped",
+                        extra={
+                            "model": name,
+                            "run": run_id,
+                            "from": got.body.get("took_over_from"),
+                        },
+                    )
+                return got
+            if got.status == "done":
+                reply = dict(got.body.get("reply") or {})
+                log.info(
+                    "duplicate training request: returning the first result",
+                    extra={"model": name, "version": reply.get("version")},
+                )
+                self.metrics.object_event("duplicate")
+                event_type = reply.pop("event_type", MODEL_PUBLISHED)
+                return TrainingOutcome(event_type, {**reply, "duplicate": True})
+            if time.monotonic() > deadline:
+                raise TrainingBusyError(
+                    f"the same training is running on {got.body.get('owner')} since "
+                    f"{got.body.get('started_at')}; retry later"
+                )
+            if not waited:
+                log.info(
+                    "the same training is running on another replica: waiting for it",
+                    extra={"model": name, "run": run_id, "owner": got.body.get("owner")},
+                )
+                waited = True
+            time.sleep(min(2.0, self.settings.training_lease_seconds / 4))
 
     def _load_dataset(self, job: TrainingRequest) -> ds.Dataset:
         prep = job.preprocessing
@@ -285,11 +320,16 @@ class TrainingService:
         return files
 
     def _train_and_publish(
-        self, job: TrainingRequest, dataset: ds.Dataset, version: str, started: float
+        self,
+        job: TrainingRequest,
+        dataset: ds.Dataset,
+        claim: Claim,
+        lease: _Heartbeat,
+        started: float,
     ) -> TrainingOutcome:
         from lepton_model.training import train
 
-        name = job.model_name
+        name, version = job.model_name, str(claim.body["version"])
         log.info(
             "training started",
             extra={
@@ -302,19 +342,20 @@ class TrainingService:
         )
 
         def on_epoch(epoch: int, logs: dict[str, float]) -> None:
+            lease.check()  # stop at once when another replica took the run over
             log.info(
                 "epoch",
                 extra={
                     "model": name,
                     "version": version,
                     "epoch": epoch,
+                    "epochs": job.config.epochs,
                     **{k: round(v, 5) for k, v in logs.items()},
                 },
             )
 
         trained = train(dataset, job.spec(len(dataset.class_names)), job.config, on_epoch)
         promoted, reason, live = self._gate(name, trained, dataset)
-        location = self.settings.models.key(f"{name}/{version}/")
         with tempfile.TemporaryDirectory(prefix="lepton-train-") as tmp:
             metadata = export_artifact(
                 trained,
@@ -324,30 +365,23 @@ class TrainingService:
                 dataset.digest,
                 extra={"promoted": promoted, "gate": reason, "source": job.source.describe()},
             )
-            pointer = (
+            lease.check()
+            self.store.upload_version(name, version, Path(tmp))
+        if promoted:
+            lease.check()
+            move = self.store.advance_pointer(
+                name,
+                version,
                 {
-                    "version": version,
                     "published": _now(),
+                    "trained_at": float(claim.body["started"]),
                     "val_accuracy": trained.evaluation.accuracy,
                     "labels": list(trained.class_names),
-                }
-                if promoted
-                else None
+                },
             )
-            self.storage.publish(
-                self.settings.models.bucket,
-                location,
-                {
-                    path.name: path
-                    for path in sorted(Path(tmp).iterdir())
-                    if path.name != METADATA_FILE
-                }
-                | {METADATA_FILE: Path(tmp) / METADATA_FILE},
-                pointer_key=self.settings.models.key(f"{name}/{POINTER_FILE}")
-                if promoted
-                else None,
-                pointer_body=pointer,
-            )
+            if not move.moved:
+                promoted = False
+                reason = f"a version trained later ({move.live}) is live"
         data = {
             "name": name,
             "version": version,
@@ -356,7 +390,10 @@ class TrainingService:
             "previous_version": live,
             "metrics": {k: metadata.metrics[k] for k in ("val_accuracy", "val_count")}
             | {"per_class_accuracy": metadata.metrics["per_class_accuracy"]},
-            "location": {"bucket": self.settings.models.bucket, "prefix": location},
+            "location": {
+                "bucket": self.store.bucket,
+                "prefix": self.store.version_prefix(name, version),
+            },
             "dataset": {
                 "source": job.source.describe(),
                 "digest": dataset.digest,
@@ -394,13 +431,8 @@ class TrainingService:
                 ),
                 None,
             )
-        pointer = self.storage.get_json(
-            self.settings.models.bucket,
-            self.settings.models.key(f"{name}/{POINTER_FILE}"),
-            64 * 1024,
-            missing_ok=True,
-        )
-        live = str(pointer.get("version")) if isinstance(pointer, dict) else None
+        pointer = self.store.pointer(name)
+        live = pointer.version if pointer else None
         if not live:
             return True, "first version of this model", None
         live_accuracy = self._live_accuracy(name, live, trained, dataset)
@@ -426,13 +458,10 @@ class TrainingService:
 
         with tempfile.TemporaryDirectory(prefix="lepton-live-") as tmp:
             try:
-                for filename in (METADATA_FILE, "model.keras"):
-                    obj = self.storage.get_bytes(
-                        self.settings.models.bucket,
-                        self.settings.models.key(f"{name}/{live}/{filename}"),
-                        512 * 1024 * 1024,
-                    )
-                    (Path(tmp) / filename).write_bytes(obj.data)
+                raw = self.store.metadata(name, live)
+                expected = raw.get("artifacts", {}).get(KERAS_FILE)
+                self.store.download(name, live, KERAS_FILE, expected, Path(tmp) / KERAS_FILE)
+                (Path(tmp) / METADATA_FILE).write_text(json.dumps(raw))
                 classifier = load_classifier(Path(tmp), "tensorflow")
             except (StorageError, LeptonModelError) as exc:
                 if is_retryable(exc):
@@ -454,9 +483,6 @@ class TrainingService:
         self.metrics.object_event("failed")
         body = error_body(exc)["error"]
         return TrainingOutcome(TRAINING_FAILED, {**base, "error": body, "reason": body["message"]})
-
-    def _run_key(self, name: str, run_id: str) -> str:
-        return self.settings.models.key(f"{name}/{RUNS_FOLDER}/{run_id}.json")
 
 
 @dataclass(frozen=True)
@@ -482,3 +508,40 @@ def _devices() -> list[str]:
         return [d.name for d in tf.config.list_physical_devices()]
     except ImportError:
         return []
+
+
+class _Heartbeat:
+    """Renews a run's lease in the background while the run is trained and published; `check()`
+    raises LeaseLostError in the training thread once another replica took the run over."""
+
+    def __init__(self, store: ModelStore, claim: Claim, interval: float) -> None:
+        self.store = store
+        self.claim = claim
+        self.interval = interval
+        self.lost: LeaseLostError | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.check()
+
+    def check(self) -> None:
+        if self.lost is not None:
+            raise self.lost
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.store.renew(self.claim)
+            except LeaseLostError as exc:
+                log.error("lost the run's lease to another replica", extra={"error": str(exc)})
+                self.lost = exc
+                return
+            except StorageError as exc:  # a passing outage: the lease outlasts a few misses
+                log.warning("cannot renew the run's lease", extra={"error": str(exc)})

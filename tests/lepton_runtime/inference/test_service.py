@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import struct
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -454,9 +455,16 @@ def test_model_published_event_loads_the_new_version(client, service, publish) -
         {"name": MODEL, "version": "v2", "promoted": True},
     )
     headers, body = to_binary(event)
-    response = client.post("/", data=body, headers=headers)
-    assert response.status_code == 202
-    assert service.registry.require().version == "v2"
+    service.start()  # the loader thread (its periodic check is 30 s away)
+    try:
+        response = client.post("/", data=body, headers=headers)
+        assert response.status_code == 202
+        deadline = time.monotonic() + 10
+        while service.registry.require().version != "v2" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert service.registry.require().version == "v2"
+    finally:
+        service.stop()
 
 
 def test_pinned_version_is_served_whatever_latest_says(publish, tmp_path) -> None:
