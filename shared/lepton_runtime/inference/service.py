@@ -334,7 +334,17 @@ class InferenceService:
         result_key = self.settings.results.key(f"{ref.key}.json")
         bucket = self.settings.results.bucket
         try:
-            obj = self.storage.get_bytes(ref.bucket, ref.key, self.settings.max_image_bytes)
+            # The object the event names, not whatever holds its key now: an overwritten
+            # object is answered as stale (its own event classifies the new bytes).
+            obj = self.storage.get_bytes(
+                ref.bucket,
+                ref.key,
+                self.settings.max_image_bytes,
+                # The ETag when the event has one (it names the content whether or not the
+                # bucket keeps versions); else the version id.
+                if_match=ref.etag,
+                version_id=None if ref.etag else ref.version_id,
+            )
         except StorageError as exc:
             if is_retryable(exc):
                 raise

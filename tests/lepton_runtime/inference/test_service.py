@@ -346,6 +346,17 @@ def test_redelivered_event_returns_the_first_result_without_rewriting(
     assert written == again
 
 
+def test_an_event_for_an_overwritten_object_is_stale_not_the_new_bytes(
+    s3_record, client, s3, upload, digit_png
+) -> None:
+    old = upload("images/e.png", digit_png[1])
+    upload("images/e.png", digit_png[7])  # overwritten before the first event arrives
+    response = client.post("/", json={"Records": [s3_record("images/e.png", old)]})
+    assert response.status_code == 200  # permanent: the newer upload's event does the work
+    assert reply_of(response).data["error"]["code"] == "object_changed"
+    assert "Contents" not in s3.list_objects_v2(Bucket="lepton-results")
+
+
 def test_not_an_image_upload_replies_failed_and_records_the_error(
     s3_record, client, s3, upload
 ) -> None:
@@ -504,8 +515,16 @@ IGNORED = [
 ]
 
 
-def post_fixture(client, name: str):
-    payload = json.loads((EVENTS / name).read_text())
+# The ETags the recorded notifications carry; a test uploads its own object and puts its ETag
+# in their place, since the function reads exactly the object version an event names.
+_RECORDED_ETAGS = ("d41d8cd98f00b204e9800998ecf8427e", "900150983cd24fb0d6963f7d28e17f72")
+
+
+def post_fixture(client, name: str, etag: str | None = None):
+    text = (EVENTS / name).read_text()
+    for recorded in _RECORDED_ETAGS if etag else ():
+        text = text.replace(recorded, etag)
+    payload = json.loads(text)
     if "headers" in payload:  # an HTTP request as a CloudEvents sender makes it
         body = payload["body"]
         data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
@@ -517,8 +536,8 @@ def post_fixture(client, name: str):
 def test_every_upload_notification_format_gets_a_result(
     client, s3, upload, digit_png, name
 ) -> None:
-    upload("images/cat 1.png", digit_png[6])
-    response = post_fixture(client, name)
+    etag = upload("images/cat 1.png", digit_png[6])
+    response = post_fixture(client, name, etag)
     assert response.status_code == 200, response.get_data(as_text=True)
     assert reply_of(response)["type"] == "ai.lepton.inference.completed"
     assert result_of(s3, "images/cat 1.png")["predictions"][0]["label"] == "6"
