@@ -11,7 +11,7 @@ from moto import mock_aws as moto_mock_aws
 from moto.server import ThreadedMotoServer
 
 # --import-mode=importlib puts no test folder on sys.path: make the shared helper modules in
-# tests/ (asgi_client, hostile inputs) importable by their unique names.
+# tests/ (asgi_client, archive_bombs, hostile inputs) importable by their unique names.
 sys.path.insert(0, str(Path(__file__).parent))
 
 REGION = "us-east-1"

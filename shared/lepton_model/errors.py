@@ -43,6 +43,16 @@ class DatasetError(LeptonModelError):
         self.problems: list[str] = list(problems or [])
 
 
+class DatasetTooLargeError(DatasetError):
+    """A dataset or archive beyond one of its limits; `limit` names the DatasetLimits field."""
+
+    code = "dataset_too_large"
+
+    def __init__(self, message: str, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
 class ArtifactError(LeptonModelError):
     """A model artifact directory that is missing files or holds invalid metadata."""
 

@@ -77,6 +77,9 @@ class Settings:
     max_image_pixels: int = 40_000_000
     max_batch_images: int = 64
     max_dataset_bytes: int = 512 * 1024 * 1024
+    max_dataset_unpacked_bytes: int = 1024 * 1024 * 1024  # every byte inflated from an archive
+    max_dataset_entries: int = 150_000  # archive entries or folder objects, kept or skipped
+    max_dataset_decoded_bytes: int = 256 * 1024 * 1024  # the decoded images, float32
     train_epochs: int = 30  # when a training request does not say
     min_accuracy: float = 0.9
     gate_tolerance: float = 0.02
@@ -174,6 +177,13 @@ class Settings:
             max_image_pixels=reader.int("LEPTON_MAX_IMAGE_PIXELS", 40_000_000, minimum=1),
             max_batch_images=reader.int("LEPTON_MAX_BATCH_IMAGES", 64, minimum=1),
             max_dataset_bytes=reader.int("LEPTON_MAX_DATASET_BYTES", 512 * 1024 * 1024, minimum=1),
+            max_dataset_unpacked_bytes=reader.int(
+                "LEPTON_MAX_DATASET_UNPACKED_BYTES", 1024 * 1024 * 1024, minimum=1
+            ),
+            max_dataset_entries=reader.int("LEPTON_MAX_DATASET_ENTRIES", 150_000, minimum=1),
+            max_dataset_decoded_bytes=reader.int(
+                "LEPTON_MAX_DATASET_DECODED_BYTES", 256 * 1024 * 1024, minimum=1
+            ),
             train_epochs=reader.int("LEPTON_TRAIN_EPOCHS", 30, minimum=1, maximum=1000),
             min_accuracy=reader.float("LEPTON_MIN_ACCURACY", 0.9, minimum=0.0, maximum=1.0),
             gate_tolerance=reader.float("LEPTON_GATE_TOLERANCE", 0.02, minimum=0.0, maximum=1.0),

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 import boto3
@@ -200,6 +200,45 @@ class Storage:
             data=data,
             etag=normalise_etag(response.get("ETag")),
             size=len(data),
+            content_type=response.get("ContentType"),
+            version_id=response.get("VersionId"),
+            last_modified=response.get("LastModified"),
+        )
+
+    def get_to_file(
+        self,
+        bucket: str,
+        key: str,
+        fileobj: BinaryIO,
+        max_bytes: int,
+        *,
+        chunk_bytes: int = 1024 * 1024,
+    ) -> ObjectInfo:
+        """Stream an object of at most `max_bytes` into `fileobj`, one chunk at a time.
+
+        As in get_bytes, Content-Length is checked before the body is read; the body is also
+        counted as it arrives, so a chunked answer is cut off one byte past the limit.
+        """
+        with _mapped(bucket, key, "read"):
+            response = self.client.get_object(Bucket=bucket, Key=key)
+            body = response["Body"]
+            try:
+                length = response.get("ContentLength")
+                if length is not None and length > max_bytes:
+                    raise _too_large(bucket, key, length, max_bytes)
+                size = 0
+                while chunk := body.read(min(chunk_bytes, max_bytes + 1 - size)):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise _too_large(bucket, key, None, max_bytes)
+                    fileobj.write(chunk)
+            finally:
+                body.close()
+        return ObjectInfo(
+            bucket=bucket,
+            key=key,
+            size=size,
+            etag=normalise_etag(response.get("ETag")),
             content_type=response.get("ContentType"),
             version_id=response.get("VersionId"),
             last_modified=response.get("LastModified"),

@@ -360,16 +360,40 @@ def _archive_folder(folder: Path) -> bytes:
     return buffer.getvalue()
 
 
+def _dataset_limits() -> Any:
+    """The training function's dataset limits, from the same LEPTON_* settings."""
+    from lepton_runtime.errors import ConfigurationError
+    from lepton_runtime.settings import Settings
+    from lepton_runtime.training.service import dataset_limits
+
+    try:
+        return dataset_limits(Settings.from_env())
+    except ConfigurationError as exc:
+        raise SystemExit(_fail(f"configuration error: {exc}", 2)) from exc
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
+
+    from lepton_model.datasets import scan_directory
+    from lepton_model.errors import DatasetError
 
     state = _state_or_exit(args)
     folder = Path(args.folder)
     if not folder.is_dir():
         return _fail(f"{folder} is not a folder of <label>/<image> files")
     name = args.name or state["model"]
-    s3 = _s3(state)
+    limits = _dataset_limits()
+    beyond = f"{folder} is beyond the training function's dataset limits"
+    try:
+        scan_directory(folder, limits)
+    except DatasetError as exc:
+        return _fail(f"{beyond}: {exc}")
     data = _archive_folder(folder)
+    if len(data) > limits.max_archive_bytes:
+        too_large = limits.violation("max_archive_bytes", f"its zip is {len(data)} bytes")
+        return _fail(f"{beyond}: {too_large}")
+    s3 = _s3(state)
     key = f"datasets/{name}.zip"
     s3.put_object(
         Bucket=state["buckets"]["uploads"], Key=key, Body=data, ContentType="application/zip"

@@ -7,7 +7,10 @@ once per session on the bundled digits, is shared by every slow test that needs 
 from __future__ import annotations
 
 import io
+import json
 import shutil
+import subprocess
+import sys
 import tarfile
 import zipfile
 from collections.abc import Callable, Sequence
@@ -123,6 +126,87 @@ def tiny_files(tiny_files_session: Files) -> Files:
 @pytest.fixture(scope="session")
 def tiny_dataset(tiny_files_session: Files) -> datasets.Dataset:
     return datasets.from_files(tiny_files_session)
+
+
+# -- loading in a fresh process (peak memory and time under hostile input) --------------------
+
+_LOAD_ARCHIVE = """
+import json, sys, time
+from lepton_model import datasets
+from lepton_model.errors import LeptonModelError
+
+limits = datasets.DatasetLimits(**json.loads(sys.argv[2]))
+started = time.perf_counter()
+try:
+    outcome = {"images": len(datasets.load_archive(sys.argv[1], limits=limits))}
+except LeptonModelError as exc:
+    outcome = {"error": type(exc).__name__, "message": str(exc),
+               "limit": getattr(exc, "limit", None), "problems": getattr(exc, "problems", [])}
+outcome["seconds"] = time.perf_counter() - started
+with open("/proc/self/status") as status:
+    peak = next(line for line in status if line.startswith("VmHWM:"))
+outcome["vmhwm"] = int(peak.split()[1]) * 1024
+print(json.dumps(outcome))
+"""
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What `load_archive` did in a fresh process: its error, peak resident memory, seconds."""
+
+    error: str | None
+    message: str
+    limit: str | None
+    problems: list[str]
+    vmhwm: int  # bytes, VmHWM of the whole process
+    seconds: float  # the load alone, without the interpreter's start-up
+
+
+LoadArchive = Callable[..., Loaded]
+
+
+@pytest.fixture(scope="session")
+def load_in_subprocess() -> LoadArchive:
+    """Runs `load_archive(path, limits=DatasetLimits(**limits))` in a fresh Python process."""
+
+    def load(path: Path, **limits: int) -> Loaded:
+        done = subprocess.run(
+            [sys.executable, "-c", _LOAD_ARCHIVE, str(path), json.dumps(limits)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        outcome = json.loads(done.stdout)
+        shown = outcome.get("limit") or outcome.get("error") or "loaded"
+        print(  # with -s: the numbers behind the bounds
+            f"\n{path.name}: VmHWM {outcome['vmhwm'] / 2**20:.0f} MiB, "
+            f"{outcome['seconds']:.2f} s, {shown}"
+        )
+        return Loaded(
+            error=outcome.get("error"),
+            message=outcome.get("message", ""),
+            limit=outcome.get("limit"),
+            problems=outcome.get("problems", []),
+            vmhwm=outcome["vmhwm"],
+            seconds=outcome["seconds"],
+        )
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def baseline_vmhwm(
+    load_in_subprocess: LoadArchive,
+    tiny_files_session: Files,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> int:
+    """Peak memory of loading the tiny dataset: the interpreter, numpy, Pillow, decoding."""
+    path = tmp_path_factory.mktemp("baseline") / "tiny.zip"
+    path.write_bytes(pack_zip(tiny_files_session))
+    loaded = load_in_subprocess(path)
+    assert loaded.error is None, loaded.message
+    return loaded.vmhwm
 
 
 # -- models -------------------------------------------------------------------------------------

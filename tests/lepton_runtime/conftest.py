@@ -25,12 +25,15 @@ def _free_port() -> int:
 
 @pytest.fixture
 def serve_function() -> Iterator[ServeFunction]:
-    """Start `lepton serve` on a function folder and a free port, as its container does; returns
-    (process, base URL) once /health/liveness answers. Stopped with SIGTERM afterwards."""
+    """Start `lepton serve <role>` on a function folder and a free port, as its container does;
+    returns (process, base URL) once /health/liveness answers. Stopped with SIGTERM afterwards."""
     started: list[subprocess.Popen] = []
 
     def start(
-        function_dir: Path, env: dict[str, str] | None = None, output: int | None = None
+        function_dir: Path,
+        env: dict[str, str] | None = None,
+        output: int | None = None,
+        role: str = "infer",
     ) -> tuple[subprocess.Popen, str]:
         port = _free_port()
         environment = {**os.environ, **(env or {}), "PORT": str(port)}
@@ -41,7 +44,7 @@ def serve_function() -> Iterator[ServeFunction]:
                 "-m",
                 "lepton_stack.cli",
                 "serve",
-                "infer",
+                role,
                 "--function-dir",
                 str(function_dir),
             ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -118,6 +119,47 @@ def test_get_bytes_reads_at_most_one_byte_past_the_limit(
     storage.put_bytes(BUCKET, "images/a.png", b"abc")
     storage.get_bytes(BUCKET, "images/a.png", max_bytes=3)
     assert body_reads == [4]
+
+
+def test_get_to_file_streams_the_object_in_chunks(
+    storage: Storage, body_reads: list[int | None], tmp_path: Path
+) -> None:
+    data = bytes(range(256)) * 40
+    storage.put_bytes(BUCKET, "datasets/d.zip", data, "application/zip")
+    with (tmp_path / "d.zip").open("wb") as spool:
+        info = storage.get_to_file(BUCKET, "datasets/d.zip", spool, len(data), chunk_bytes=4096)
+    assert (tmp_path / "d.zip").read_bytes() == data
+    assert (info.size, info.content_type) == (len(data), "application/zip")
+    assert max(amount or 0 for amount in body_reads) <= 4096 and len(body_reads) >= 3
+
+
+def test_get_to_file_refuses_a_large_object_without_reading_its_body(
+    storage: Storage, body_reads: list[int | None]
+) -> None:
+    storage.put_bytes(BUCKET, "datasets/big.zip", b"x" * 2048)
+    spool = io.BytesIO()
+    with pytest.raises(ObjectTooLargeError, match="2048 bytes"):
+        storage.get_to_file(BUCKET, "datasets/big.zip", spool, 1024)
+    assert body_reads == [] and spool.tell() == 0
+
+
+def test_get_to_file_without_a_length_stops_one_byte_past_the_limit(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunked answer (no Content-Length) is counted as it arrives."""
+    storage.put_bytes(BUCKET, "datasets/big.zip", b"x" * 10_000)
+    get_object = storage.client.get_object
+
+    def without_length(**kwargs: Any) -> dict[str, Any]:
+        response = get_object(**kwargs)
+        del response["ContentLength"]
+        return response
+
+    monkeypatch.setattr(storage.client, "get_object", without_length)
+    spool = io.BytesIO()
+    with pytest.raises(ObjectTooLargeError, match="more than that"):
+        storage.get_to_file(BUCKET, "datasets/big.zip", spool, 4000, chunk_bytes=1000)
+    assert spool.tell() == 4000
 
 
 @pytest.mark.parametrize(

@@ -552,6 +552,35 @@ def test_train_refuses_something_that_is_not_a_folder(
     assert "is not a folder of <label>/<image> files" in err
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "limit"),
+    [
+        ("LEPTON_MAX_DATASET_ENTRIES", "3", "the entry count limit is 3 entries"),
+        ("LEPTON_MAX_IMAGE_BYTES", "4", "the per-member unpacked size limit is 4 bytes"),
+        ("LEPTON_MAX_DATASET_BYTES", "100", "the archive size limit is 100 bytes"),
+    ],
+)
+def test_train_refuses_a_folder_beyond_the_dataset_limits_before_uploading(
+    lepton: Run,
+    layout: StackLayout,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+    limit: str,
+) -> None:
+    fake_state(layout)
+    monkeypatch.setenv(variable, value)
+    monkeypatch.setattr("lepton_stack.cli._s3", lambda state: pytest.fail("uploaded"))
+    for label in ("0", "1"):
+        (tmp_path / "set" / label).mkdir(parents=True)
+        (tmp_path / "set" / label / "a.png").write_bytes(b"12345")
+    code, _, err = lepton("train", str(tmp_path / "set"))
+    assert code == 1
+    assert "is beyond the training function's dataset limits" in err
+    assert limit in err
+
+
 def test_a_training_folder_is_archived_with_label_relative_paths(tmp_path: Path) -> None:
     for label in ("0", "1"):
         (tmp_path / "set" / label).mkdir(parents=True)

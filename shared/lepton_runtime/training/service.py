@@ -18,7 +18,8 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from lepton_runtime import codecs, jsonio
 from lepton_runtime.emit import MODEL_PUBLISHED, TRAINING_FAILED, reply_event
 from lepton_runtime.errors import (
     BadRequestError,
+    ObjectTooLargeError,
     StorageError,
     TrainingBusyError,
     is_retryable,
@@ -74,6 +76,17 @@ log = logging.getLogger("lepton.train")
 _MAX_MANIFEST_BYTES = 1024 * 1024
 
 
+def dataset_limits(settings: Settings) -> ds.DatasetLimits:
+    """The one DatasetLimits every way of reading a dataset uses (archives, folders, the CLI)."""
+    return ds.DatasetLimits(
+        max_entries=settings.max_dataset_entries,
+        max_member_bytes=settings.max_image_bytes,  # every member may be an image, none more
+        max_total_bytes=settings.max_dataset_unpacked_bytes,
+        max_archive_bytes=settings.max_dataset_bytes,
+        max_decoded_bytes=settings.max_dataset_decoded_bytes,
+    )
+
+
 class TrainingService:
     """Wires settings and storage to lepton_model's training; one training at a time."""
 
@@ -91,6 +104,7 @@ class TrainingService:
         self.metrics = metrics or FunctionMetrics("train")
         self.event_source = settings.event_source or f"/lepton/{settings.service or 'train'}"
         self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
+        self.dataset_limits = dataset_limits(settings)
         self._busy = threading.Lock()
         self.defaults = {"epochs": settings.train_epochs}
 
@@ -290,34 +304,52 @@ class TrainingService:
 
     def _load_dataset(self, job: TrainingRequest) -> ds.Dataset:
         prep = job.preprocessing
-        limits = ds.DatasetLimits(max_total_bytes=self.settings.max_dataset_bytes)
+        limits = self.dataset_limits
         if job.source.kind == "arrays":
             assert job.arrays is not None
-            return ds.from_arrays(job.arrays["x"], job.arrays["y"], job.arrays.get("labels"), prep)
-        if job.source.kind == "archive":
-            obj = self.storage.get_bytes(
-                job.source.bucket, job.source.key, self.settings.max_dataset_bytes
-            )
-            files = ds.iter_archive(obj.data, job.source.key)
-        else:
-            files = self._folder_files(job.source)
-        return ds.from_files(files, prep, self.limits, limits)
+            x, y, labels = job.arrays["x"], job.arrays["y"], job.arrays.get("labels")
+            return ds.from_arrays(x, y, labels, prep, replace(limits, min_per_class=1))
+        if job.source.kind == "folder":
+            return ds.from_files(self._folder_files(job.source), prep, self.limits, limits)
+        source = job.source
+        # On disk, not in memory: the archive is read as a stream (a zip needs to seek).
+        with tempfile.TemporaryFile(prefix="lepton-dataset-") as spool:
+            try:
+                self.storage.get_to_file(source.bucket, source.key, spool, limits.max_archive_bytes)
+            except ObjectTooLargeError as exc:
+                raise limits.violation(
+                    "max_archive_bytes", f"{source.describe()} is larger than allowed"
+                ) from exc
+            spool.seek(0)
+            files = ds.iter_archive(spool, source.key, limits)
+            return ds.from_files(files, prep, self.limits, limits)
 
-    def _folder_files(self, source: DatasetSource) -> list[tuple[str, bytes]]:
-        files: list[tuple[str, bytes]] = []
+    def _folder_files(self, source: DatasetSource) -> Iterator[tuple[str, bytes]]:
+        """A folder dataset's objects, listed and read one at a time under the dataset limits."""
+        limits = self.dataset_limits
         total = 0
-        for info in self.storage.list_objects(source.bucket, source.prefix):
-            relative = info.key[len(source.prefix) :]
-            if relative == MANIFEST_NAME or info.key.endswith("/"):
-                continue
-            total += info.size or 0
-            if total > self.settings.max_dataset_bytes:
-                raise DatasetError(
-                    f"the dataset is larger than {self.settings.max_dataset_bytes} bytes"
+        for seen, info in enumerate(self.storage.list_objects(source.bucket, source.prefix), 1):
+            if seen > limits.max_entries:
+                raise limits.violation(
+                    "max_entries", f"{source.describe()} has more than {limits.max_entries} objects"
                 )
-            obj = self.storage.get_bytes(source.bucket, info.key, self.settings.max_image_bytes)
-            files.append((relative, obj.data))
-        return files
+            relative = info.key[len(source.prefix) :]
+            if relative == MANIFEST_NAME or info.key.endswith("/") or ds.is_ignored(relative):
+                continue
+            if info.size > limits.max_member_bytes:
+                raise limits.violation("max_member_bytes", f"{info.key} is {info.size} bytes")
+            try:
+                obj = self.storage.get_bytes(source.bucket, info.key, limits.max_member_bytes)
+            except ObjectTooLargeError as exc:
+                raise limits.violation(
+                    "max_member_bytes", f"{info.key} is larger than allowed"
+                ) from exc
+            total += obj.size
+            if total > limits.max_total_bytes:
+                raise limits.violation(
+                    "max_total_bytes", f"the objects of {source.describe()} are larger than allowed"
+                )
+            yield relative, obj.data
 
     def _train_and_publish(
         self,

@@ -7,8 +7,13 @@ from typing import Any
 
 import pytest
 
+from archive_bombs import GiB, zip_of_zeros
+from lepton_model.datasets import DatasetLimits
 from lepton_runtime.emit import event_from_http
 from lepton_runtime.errors import StorageUnavailableError
+from lepton_runtime.events import parse_json
+from lepton_runtime.settings import Settings
+from lepton_runtime.training.service import dataset_limits
 
 
 def models_of(s3: Any, name: str = "digits") -> list[str]:
@@ -281,7 +286,7 @@ def test_storage_outage_answers_503(service, client, record, uploaded_archive, m
     def unreachable(*args, **kwargs):
         raise StorageUnavailableError("injected: the S3 endpoint is unreachable")
 
-    monkeypatch.setattr(service.storage, "get_bytes", unreachable)
+    monkeypatch.setattr(service.storage, "get_to_file", unreachable)
     response = client.post("/", json={"Records": [record(uploaded_archive)]})
     assert response.status_code == 503
     assert response.get_json()["error"]["code"] == "storage_unavailable"
@@ -295,3 +300,90 @@ def test_second_training_while_busy_is_429(service, client, uploaded_archive) ->
         service._busy.release()
     assert response.status_code == 429
     assert response.get_json()["error"]["code"] == "training_busy"
+
+
+# --- dataset limits -----------------------------------------------------------------------------
+
+
+def test_default_settings_give_the_default_dataset_limits() -> None:
+    """One set of defaults: the function's settings spell the same limits as DatasetLimits."""
+    assert dataset_limits(Settings()) == DatasetLimits()
+    assert dataset_limits(Settings.from_env({})) == DatasetLimits()
+
+
+def test_dataset_settings_reach_the_dataset_limits() -> None:
+    settings = Settings.from_env(
+        {
+            "LEPTON_MAX_DATASET_BYTES": "1000",
+            "LEPTON_MAX_DATASET_UNPACKED_BYTES": "2000",
+            "LEPTON_MAX_DATASET_ENTRIES": "30",
+            "LEPTON_MAX_DATASET_DECODED_BYTES": "4000",
+            "LEPTON_MAX_IMAGE_BYTES": "500",
+        }
+    )
+    limits = dataset_limits(settings)
+    assert (limits.max_archive_bytes, limits.max_total_bytes, limits.max_entries) == (
+        1000,
+        2000,
+        30,
+    )
+    assert (limits.max_decoded_bytes, limits.max_member_bytes) == (4000, 500)
+
+
+@pytest.fixture
+def uploaded_bomb(s3) -> str:
+    """3 GiB of zeros in one zip member, 3 MB packed."""
+    s3.put_object(
+        Bucket="lepton-uploads", Key="datasets/bomb.zip", Body=zip_of_zeros("0/a.png", 3 * GiB)
+    )
+    return "datasets/bomb.zip"
+
+
+def test_an_archive_bomb_event_fails_the_training_naming_the_limit(
+    client, s3, record, uploaded_bomb
+) -> None:
+    response = client.post("/", json={"Records": [record(uploaded_bomb)]})
+    event = reply(response)
+    assert response.status_code == 200
+    assert event["type"] == "ai.lepton.training.failed"
+    assert event.data["error"]["code"] == "dataset_too_large"
+    assert "per-member unpacked size limit is 20971520 bytes" in event.data["reason"]
+    assert models_of(s3, "bomb") == []
+
+
+def test_an_archive_bomb_over_http_is_a_422_naming_the_limit(client, uploaded_bomb) -> None:
+    response = client.post("/", json={"dataset": f"s3://lepton-uploads/{uploaded_bomb}"})
+    assert response.status_code == 422
+    assert response.get_json()["error"]["code"] == "dataset_too_large"
+    assert "(max_member_bytes)" in response.get_json()["reason"]
+
+
+def test_an_archive_over_the_archive_size_is_not_downloaded(
+    make_service, s3, record, uploaded_archive
+) -> None:
+    service = make_service(LEPTON_MAX_DATASET_BYTES="1000")
+    outcome = service.run_event(parse_json({"Records": [record(uploaded_archive)]}))[0]
+    assert outcome.data["error"]["code"] == "dataset_too_large"
+    assert "archive size limit is 1000 bytes" in outcome.data["reason"]
+
+
+@pytest.mark.parametrize(
+    ("env", "limit"),
+    [
+        ({"LEPTON_MAX_DATASET_ENTRIES": "20"}, "(max_entries)"),
+        ({"LEPTON_MAX_IMAGE_BYTES": "100"}, "(max_member_bytes)"),
+        ({"LEPTON_MAX_DATASET_UNPACKED_BYTES": "10000"}, "(max_total_bytes)"),
+        ({"LEPTON_MAX_DATASET_DECODED_BYTES": "100000"}, "(max_decoded_bytes)"),
+    ],
+    ids=["entries", "member", "total", "decoded"],
+)
+def test_a_folder_dataset_is_read_under_the_same_limits(
+    make_service, s3, record, digit_files, env: dict[str, str], limit: str
+) -> None:
+    for name, data in digit_files[:60]:
+        s3.put_object(Bucket="lepton-uploads", Key=f"datasets/folder/{name}", Body=data)
+    s3.put_object(Bucket="lepton-uploads", Key="datasets/folder/manifest.json", Body=b"{}")
+    service = make_service(**env)
+    outcome = service.run_event(parse_json({"Records": [record("datasets/folder/manifest.json")]}))
+    assert outcome[0].data["error"]["code"] == "dataset_too_large"
+    assert outcome[0].data["reason"].endswith(limit)
