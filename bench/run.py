@@ -7,6 +7,7 @@ Measures on this machine, in one run:
   predictor with no HTTP (the model's limit);
 - decoding real photo sizes (640x480 and 12 MP JPEG): our decoder vs plain Pillow;
 - cold start to first prediction and resident memory: LiteRT vs TensorFlow runtime;
+- peak worker memory under a normal load and under the test suite's hostile images;
 - the event path through the local stack: upload -> result latency and sustained uploads/s;
 - training: time to 97% validation accuracy on the digits, training images/s.
 Prints one table, writes bench/results/latest.json and docs/benchmarks.md (+ a plot).
@@ -319,6 +320,61 @@ def bench_http(
     return out
 
 
+def _children(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(child) for child in children] or [pid]
+
+
+def _vm_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def bench_hostile(env: dict[str, str], png: Path, seconds: float) -> dict[str, Any]:
+    """Peak worker memory (VmHWM) under a normal load, then under the hostile images of the
+    test suite (tests/hostile_images.py) sent one at a time and then 8 at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from hostile_images import HOSTILE_IMAGES, hostile_image
+
+    images = {name: hostile_image(name) for name in HOSTILE_IMAGES}
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    with tempfile.TemporaryDirectory() as cache:
+        command = serve_ours(env_copy := dict(env), port, "litert", Path(cache))
+        env_copy["LEPTON_WORKERS"] = "2"
+        with process(command, env_copy) as proc:
+            wait_http(f"http://127.0.0.1:{port}/health/readiness", 60)
+            time.sleep(1.0)  # both workers load their model
+            workers = _children(proc.pid)
+            wrk(url, png, 8, seconds)
+            normal = max(_vm_hwm_mb(pid) for pid in workers)
+
+            def send(data: bytes) -> tuple[int, float]:
+                started = time.perf_counter()
+                response = requests.post(
+                    url, data=data, headers={"Content-Type": "application/octet-stream"}, timeout=60
+                )
+                return response.status_code, time.perf_counter() - started
+
+            answers = [send(data) for data in images.values()]
+            with ThreadPoolExecutor(8) as pool:
+                answers += list(pool.map(send, images.values()))
+            hostile = max(_vm_hwm_mb(pid) for pid in workers)
+    return {
+        "images": len(images),
+        "normal_peak_mb": normal,
+        "hostile_peak_mb": hostile,
+        "classified": sum(status == 200 for status, _ in answers),
+        "refused": sum(status in (400, 413, 415) for status, _ in answers),
+        "other": sum(status not in (200, 400, 413, 415) for status, _ in answers),
+        "slowest_answer_s": max(seconds for _, seconds in answers),
+    }
+
+
 def bench_in_process(model_dir: Path, png_bytes: bytes, seconds: float) -> dict[str, float]:
     """Decode + classify in a loop in this process: the model's limit, no HTTP."""
     from lepton_model.classifier import load_classifier
@@ -536,6 +592,19 @@ def table(results: dict[str, Any]) -> str:
         f"| LiteRT advantage | {tf['cold_start_s'] / lite['cold_start_s']:.1f}x faster "
         f"| {tf['rss_mb'] / lite['rss_mb']:.1f}x smaller | |",
     ]
+    hostile = results.get("hostile")
+    if hostile:
+        lines += [
+            "",
+            "| Peak worker memory (VmHWM, LEPTON_WORKERS=2) | largest worker MB | answers |",
+            "| --- | ---: | --- |",
+            f"| normal load: wrk c=8, one PNG a request | {hostile['normal_peak_mb']:.0f} | |",
+            f"| then the hostile images of tests/hostile_images.py ({hostile['images']}), one at "
+            f"a time, then 8 at once | {hostile['hostile_peak_mb']:.0f} "
+            f"| {hostile['classified']} classified, {hostile['refused']} refused, "
+            f"{hostile['other']} other; slowest {hostile['slowest_answer_s']:.1f} s |",
+            "| bound (tests/lepton_runtime/inference/test_hostile_requests.py) | 300 | |",
+        ]
     if results.get("event_path"):
         event = results["event_path"]
         lines += [
@@ -622,6 +691,8 @@ def main(argv: list[str] | None = None) -> int:
             results["decode"] = bench_decode(max(5, args.repeats * 3))
             say("cold starts")
             results["cold_start"] = bench_cold_start(env, png_bytes, args.repeats)
+            say("peak worker memory: normal load, then the hostile images")
+            results["hostile"] = bench_hostile(env, png, args.seconds)
         if not args.skip_event_path:
             results["event_path"] = bench_event_path(args.uploads)
     results["seconds"] = time.perf_counter() - started

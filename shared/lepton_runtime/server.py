@@ -43,6 +43,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from werkzeug.wrappers import Response
 
 from lepton_runtime.emit import event_from_http
+from lepton_runtime.processes import bound_heap
 from lepton_runtime.settings import Settings
 
 log = logging.getLogger("lepton.server")
@@ -413,6 +414,7 @@ def serve_process(
     socket is opened only once the function is ready (or the wait is over): a worker that shares
     the port with others then takes no request before its model is loaded.
     """
+    bound_heap()
     app = build_app(func, settings)
     service = app.service
     if service is not None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from lepton_model.imaging import ImageLimits
 from lepton_runtime.errors import ConfigurationError
 
 FunctionRole = Literal["infer", "train", "source"]
@@ -75,6 +76,9 @@ class Settings:
     max_json_values: int = 1_000_000  # values one JSON body may hold (see jsonio)
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 40_000_000
+    # Decoder memory per image, and for all images a process decodes at once (lepton_model's
+    # DecodeBudget): with a LiteRT worker's ~85 MB, what a 512 Mi pod affords.
+    max_image_decode_bytes: int = 160 * 1024 * 1024
     max_batch_images: int = 64
     max_dataset_bytes: int = 512 * 1024 * 1024
     max_dataset_unpacked_bytes: int = 1024 * 1024 * 1024  # every byte inflated from an archive
@@ -109,6 +113,15 @@ class Settings:
     source_concurrency: int = 8
     sink_timeout: float = 30.0
     ce_overrides: tuple[tuple[str, str], ...] = ()  # K_CE_OVERRIDES extensions, as pairs
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        """What one image may cost to decode, for both functions."""
+        return ImageLimits(
+            max_bytes=self.max_image_bytes,
+            max_pixels=self.max_image_pixels,
+            max_decode_bytes=self.max_image_decode_bytes,
+        )
 
     @property
     def body_budget_bytes(self) -> int:
@@ -175,6 +188,9 @@ class Settings:
             max_json_values=reader.int("LEPTON_MAX_JSON_VALUES", 1_000_000, minimum=16),
             max_image_bytes=reader.int("LEPTON_MAX_IMAGE_BYTES", 20 * 1024 * 1024, minimum=1),
             max_image_pixels=reader.int("LEPTON_MAX_IMAGE_PIXELS", 40_000_000, minimum=1),
+            max_image_decode_bytes=reader.int(
+                "LEPTON_MAX_IMAGE_DECODE_BYTES", 160 * 1024 * 1024, minimum=1024 * 1024
+            ),
             max_batch_images=reader.int("LEPTON_MAX_BATCH_IMAGES", 64, minimum=1),
             max_dataset_bytes=reader.int("LEPTON_MAX_DATASET_BYTES", 512 * 1024 * 1024, minimum=1),
             max_dataset_unpacked_bytes=reader.int(

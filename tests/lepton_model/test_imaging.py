@@ -569,3 +569,63 @@ def test_a_blank_image_is_not_cropped() -> None:
 
 def test_models_saved_before_cropping_existed_are_served_without_it() -> None:
     assert Preprocessing.from_dict({"height": 28, "width": 28}).crop is False
+
+
+# -- memory bounded by the model's input ----------------------------------------------------------
+
+
+def test_an_image_costing_more_than_the_decode_limit_is_refused_before_decoding() -> None:
+    data = encode_image(Image.new("RGBA", (1000, 1000)), "PNG")  # 4 MB of pixels
+    Image.core.reset_stats()
+
+    with pytest.raises(ImageTooLargeError, match=r"would take \d+\.\d MiB; the limit is 3\.0 MiB"):
+        decode_image(data, limits=ImageLimits(max_decode_bytes=3 * MiB))
+    assert Image.core.get_stats()["new_count"] == 0
+
+
+def test_a_jpeg_costs_what_its_draft_scale_decodes() -> None:
+    """A 4000x4000 baseline JPEG is decoded at 1/8 scale: far under a 16 MiB decode limit,
+    though its full-size pixels alone would be 61 MiB."""
+    data = encode_image(Image.new("RGB", (4000, 4000), (255, 255, 255)), "JPEG")
+
+    assert decode_image(data, limits=ImageLimits(max_decode_bytes=16 * MiB)).shape == (28, 28, 1)
+
+
+def test_images_decoded_at_once_share_the_decode_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eight threads decode 2000x2000 RGBA images (16 MiB of pixels each) under a 40 MiB limit:
+    together they never hold more than it."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lepton_model import imaging
+
+    held: list[int] = []
+    lock = threading.Lock()
+    reduce = imaging._reduce
+
+    def reduce_and_record(image: Image.Image) -> Image.Image:
+        with lock:
+            held.append(imaging.DECODE_BUDGET.held)
+        return reduce(image)
+
+    monkeypatch.setattr(imaging, "_reduce", reduce_and_record)
+    data = encode_image(Image.new("RGBA", (2000, 2000), (0, 0, 0, 255)), "PNG")
+    limits = ImageLimits(max_decode_bytes=40 * MiB)
+    with ThreadPoolExecutor(8) as pool:
+        shapes = list(pool.map(lambda _: decode_image(data, limits=limits).shape, range(16)))
+
+    assert shapes == [(28, 28, 1)] * 16
+    assert max(held) <= 40 * MiB
+    assert imaging.DECODE_BUDGET.held == 0
+
+
+def test_a_one_pixel_high_strip_of_content_is_padded_not_stretched() -> None:
+    """39000x1000 with a bar across: the input holds a faint thin line across its middle."""
+    image = Image.new("L", (39_000, 1000), 0)
+    image.paste(255, (0, 400, 39_000, 600))
+    array = decode_image(encode_image(image, "PNG"), Preprocessing(crop=False))[..., 0]
+
+    rows_with_ink = np.flatnonzero(array.max(axis=1) > 10)
+    assert 1 <= rows_with_ink.size <= 2
+    assert (array[rows_with_ink].min(axis=1) > 10).all()  # across the whole width
+    assert abs(int(rows_with_ink.mean()) - 14) <= 1

@@ -90,3 +90,36 @@ def test_a_transient_error_of_an_event_is_a_503_with_retry_after() -> None:
 
 def test_a_permanent_error_of_a_plain_request_is_its_4xx() -> None:
     assert _respond(ObjectNotFoundError("gone"), event=False).status_code == 410
+
+
+def _readme_retry_table() -> dict[str, tuple[str, str]]:
+    """README's retry table: error code -> (plain HTTP column, retried column)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    table = readme.split("| Fault (error code) |", 1)[1].split("\n\n", 1)[0]
+    rows: dict[str, tuple[str, str]] = {}
+    for line in table.splitlines()[2:]:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        for code in re.findall(r"`([a-z_]+)`", cells[0]):
+            rows[code] = (cells[1], cells[3])
+    return rows
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [
+        cls
+        for cls in ERROR_TYPES
+        if cls.__module__
+        in ("lepton_runtime.errors", "lepton_model.errors")  # what functions answer
+        and cls not in (LeptonError, LeptonModelError, ConfigurationError)
+    ],
+    ids=lambda cls: cls.__name__,
+)
+def test_the_readme_retry_table_says_what_the_code_does(cls: type) -> None:
+    error = cls.__new__(cls)
+    plain, retried = _readme_retry_table()[cls.code]
+    assert str(status_for(error)) in plain
+    assert retried == ("yes" if is_retryable(error) else "no")

@@ -18,7 +18,6 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from lepton_model.classifier import Classifier
 from lepton_model.errors import ImageError
-from lepton_model.imaging import ImageLimits
 from lepton_runtime import codecs, jsonio
 from lepton_runtime.emit import (
     INFERENCE_COMPLETED,
@@ -98,7 +97,7 @@ class InferenceService:
         self.registry = registry or ModelRegistry(
             settings, ModelStore(storage, settings.models), self.metrics
         )
-        self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
+        self.limits = settings.image_limits
         self.event_source = settings.event_source or f"/lepton/{settings.service or 'infer'}"
 
     @classmethod

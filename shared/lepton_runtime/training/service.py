@@ -30,7 +30,6 @@ from flask import Request, Response
 from lepton_model import datasets as ds
 from lepton_model.artifacts import KERAS_FILE, METADATA_FILE, export_artifact
 from lepton_model.errors import DatasetError, LeptonModelError
-from lepton_model.imaging import ImageLimits
 from lepton_runtime import codecs, jsonio
 from lepton_runtime.emit import MODEL_PUBLISHED, TRAINING_FAILED, reply_event
 from lepton_runtime.errors import (
@@ -103,7 +102,7 @@ class TrainingService:
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.metrics = metrics or FunctionMetrics("train")
         self.event_source = settings.event_source or f"/lepton/{settings.service or 'train'}"
-        self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
+        self.limits = settings.image_limits
         self.dataset_limits = dataset_limits(settings)
         self._busy = threading.Lock()
         self.defaults = {"epochs": settings.train_epochs}
