@@ -115,8 +115,10 @@ def export_artifact(
         preprocessing=trained.spec.preprocessing,
         spec=trained.spec,
         metrics={
-            "val_accuracy": evaluation.accuracy,
-            "val_count": evaluation.count,
+            "test_accuracy": evaluation.accuracy,
+            "test_count": evaluation.count,
+            "val_accuracy": trained.validation.accuracy,
+            "val_count": trained.validation.count,
             "per_class_accuracy": dict(evaluation.per_class_accuracy),
             "confusion_matrix": [list(row) for row in evaluation.confusion_matrix],
             "final_loss": trained.history.get("loss", [None])[-1],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,40 @@ class Classifier:
         self, images: list[bytes], limits: ImageLimits = DEFAULT_LIMITS
     ) -> list[Prediction]:
         return self.classify(np.stack([self.decode(data, limits) for data in images]))
+
+    def accuracy_on(
+        self,
+        labelled: Iterable[tuple[bytes, str]],
+        limits: ImageLimits = DEFAULT_LIMITS,
+        batch_size: int = 256,
+    ) -> tuple[float, int]:
+        """(accuracy, count) on encoded images with their true label names, each decoded with
+        this model's own preprocessing (an image it cannot decode counts as wrong); read and
+        scored one batch at a time."""
+        correct = total = 0
+        batch: list[np.ndarray] = []
+        truth: list[str] = []
+
+        def score() -> int:
+            if not batch:
+                return 0
+            predicted = self._labels[np.argmax(self.probabilities(np.stack(batch)), axis=1)]
+            hits = sum(str(p) == t for p, t in zip(predicted, truth, strict=True))
+            batch.clear()
+            truth.clear()
+            return hits
+
+        for data, label in labelled:
+            total += 1
+            try:
+                batch.append(self.decode(data, limits))
+            except ImageError:
+                continue
+            truth.append(label)
+            if len(batch) >= batch_size:
+                correct += score()
+        correct += score()
+        return (correct / total if total else 0.0), total
 
 
 def load_classifier(directory: Path, runtime: RuntimeName = "auto", top_k: int = 3) -> Classifier:

@@ -111,12 +111,17 @@ def _binary(size: int) -> str:
 
 @dataclass(frozen=True)
 class Dataset:
-    """Decoded images (n, h, w, c) float32 in 0..255, integer labels, and class names."""
+    """Decoded images (n, h, w, c) float32 in 0..255, integer labels, and class names.
+
+    `sources` names the file each image was decoded from (its path as the archive, folder or
+    listing gave it), so the encoded bytes can be read again; empty for array datasets.
+    """
 
     images: np.ndarray
     labels: np.ndarray
     class_names: tuple[str, ...]
     digest: str
+    sources: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -127,7 +132,20 @@ class Dataset:
         return {name: int(c) for name, c in zip(self.class_names, counts, strict=True)}
 
     def subset(self, indices: np.ndarray) -> Dataset:
-        return Dataset(self.images[indices], self.labels[indices], self.class_names, self.digest)
+        sources = tuple(self.sources[i] for i in indices) if self.sources else ()
+        return Dataset(
+            self.images[indices], self.labels[indices], self.class_names, self.digest, sources
+        )
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Training (fitting), validation (early stopping) and test (the reported figure, which
+    neither fitting nor early stopping saw)."""
+
+    train: Dataset
+    validation: Dataset
+    test: Dataset
 
 
 def is_ignored(name: str | PurePosixPath) -> bool:
@@ -490,6 +508,7 @@ class _File(NamedTuple):
     path: str
     image: np.ndarray | None  # None: not decodable
     note: str  # the sha256 of its bytes, or why it could not be decoded
+    source: str  # the path as the file set named it
 
 
 def from_files(
@@ -539,7 +558,13 @@ def from_files(
         labels=np.asarray(labels, dtype=np.int64),
         class_names=class_names,
         digest="sha256:" + digest.hexdigest(),
+        sources=tuple(item.source for item in items),
     )
+
+
+def source_name(name: str) -> str:
+    """A file set's path as `Dataset.sources` holds it."""
+    return str(PurePosixPath(name))
 
 
 def _decode_all(
@@ -564,7 +589,7 @@ def _decode_all(
             raise limits.violation(
                 "max_name_chars", f"the path {name[:60]!r}... is {len(name)} characters"
             )
-        path = str(PurePosixPath(name))
+        path = source_name(name)
         try:
             width, height = open_image(data, image_limits).size  # the header only
             pixels += width * height
@@ -582,7 +607,7 @@ def _decode_all(
                     "reading stopped there (max_bad_files)",
                     listed[: limits.max_bad_files_listed],
                 ) from exc
-            decoded.append(_File(path, None, _problem(data, exc)))
+            decoded.append(_File(path, None, _problem(data, exc), path))
             continue
         size += image.nbytes
         if size > limits.max_decoded_bytes:
@@ -592,7 +617,7 @@ def _decode_all(
                 f"the decoded images ({len(decoded) + 1 - bad} of {shape} float32 so far) "
                 "are larger than allowed",
             )
-        decoded.append(_File(path, image, hashlib.sha256(data).hexdigest()))
+        decoded.append(_File(path, image, hashlib.sha256(data).hexdigest(), path))
     return decoded
 
 
@@ -753,6 +778,24 @@ def split(
     val = np.concatenate(val_idx)
     rng.shuffle(train)
     return dataset.subset(np.sort(train)), dataset.subset(np.sort(val))
+
+
+def split_three(
+    dataset: Dataset, validation_fraction: float = 0.2, test_fraction: float = 0.15, seed: int = 42
+) -> Splits:
+    """Stratified, seeded split into training, validation and test sets (fractions of the
+    whole); every class keeps at least one image in each."""
+    if not 0.0 < test_fraction < 1.0 or not 0.0 < validation_fraction + test_fraction < 1.0:
+        raise DatasetError("validation and test fractions must be positive and sum under 1")
+    small = [name for name, count in dataset.class_counts.items() if count < 3]
+    if small:
+        raise DatasetError(
+            f"class {small[0]!r} needs at least 3 images to split into training, validation "
+            "and test sets"
+        )
+    rest, test = split(dataset, test_fraction, seed)
+    train, validation = split(rest, validation_fraction / (1.0 - test_fraction), seed + 1)
+    return Splits(train, validation, test)
 
 
 def _label_sort_key(label: str) -> tuple[int, int | str]:

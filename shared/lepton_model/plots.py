@@ -46,7 +46,7 @@ def plot_confusion(evaluation: Evaluation, path: Path) -> Path:
     ax.set_yticks(range(k), evaluation.class_names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"validation accuracy {evaluation.accuracy:.2%} (n={evaluation.count})")
+    ax.set_title(f"test accuracy {evaluation.accuracy:.2%} (n={evaluation.count})")
     top = max((max(row) for row in matrix), default=0)
     if k <= 30:
         for i, row in enumerate(matrix):

@@ -1,4 +1,5 @@
-"""Training: seeded, early-stopped, evaluated on a held-out split."""
+"""Training: seeded, early-stopped on a validation split, evaluated on a test split neither
+fitting nor early stopping saw."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lepton_model.architecture import build_model
-from lepton_model.datasets import Dataset, split
+from lepton_model.datasets import Dataset, split_three
 from lepton_model.errors import DatasetError
 from lepton_model.evaluation import Evaluation, evaluate
 from lepton_model.spec import ModelSpec
@@ -27,7 +28,8 @@ class TrainingConfig:
 
     epochs: int = 30
     batch_size: int = 32
-    validation_split: float = 0.2
+    validation_split: float = 0.2  # of the whole dataset: early stopping's
+    test_split: float = 0.15  # of the whole dataset: the reported accuracy and the gate's
     learning_rate: float = 2e-3
     patience: int = 4
     seed: int = 42
@@ -40,6 +42,10 @@ class TrainingConfig:
             raise ValueError("batch_size must be between 1 and 4096")
         if not 0.0 < self.validation_split < 0.9:
             raise ValueError("validation_split must be in (0, 0.9)")
+        if not 0.0 < self.test_split < 0.9:
+            raise ValueError("test_split must be in (0, 0.9)")
+        if self.validation_split + self.test_split >= 0.9:
+            raise ValueError("validation_split + test_split must be under 0.9")
         if not 0.0 < self.learning_rate < 1.0:
             raise ValueError("learning_rate must be in (0, 1)")
         if self.patience < 1:
@@ -51,7 +57,8 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class TrainedModel:
-    """A fitted Keras model with its history and its validation evaluation."""
+    """A fitted Keras model with its history, its test evaluation (`evaluation`, the figure to
+    report and gate on), its validation evaluation and the test set itself."""
 
     model: keras.Model
     spec: ModelSpec
@@ -59,6 +66,8 @@ class TrainedModel:
     class_names: tuple[str, ...]
     history: dict[str, list[float]]
     evaluation: Evaluation
+    validation: Evaluation
+    test_set: Dataset
     epochs_run: int
     duration_seconds: float
     train_count: int
@@ -71,10 +80,11 @@ def train(
     config: TrainingConfig | None = None,
     on_epoch: EpochCallback | None = None,
 ) -> TrainedModel:
-    """Fit the CNN on `dataset` and evaluate it on a stratified validation split.
+    """Fit the CNN on `dataset` and evaluate it on a stratified test split.
 
-    Early stopping watches validation loss and restores the best weights; the seed fixes
-    initialisation, shuffling and augmentation.
+    Early stopping watches the validation split's loss and restores the best weights; the test
+    split is scored once, at the end. The seed fixes the splits, initialisation, shuffling and
+    augmentation.
     """
     import keras
 
@@ -90,7 +100,8 @@ def train(
             f"images are {dataset.images.shape[1:]}, the model expects "
             f"{spec.preprocessing.input_shape}"
         )
-    train_set, val_set = split(dataset, config.validation_split, config.seed)
+    splits = split_three(dataset, config.validation_split, config.test_split, config.seed)
+    train_set, val_set = splits.train, splits.validation
     keras.utils.set_random_seed(config.seed)
     model = build_model(spec)
     model.compile(
@@ -122,8 +133,13 @@ def train(
     duration = time.perf_counter() - started
     history = {k: [float(v) for v in values] for k, values in fit.history.items()}
     epochs_run = len(history.get("loss", []))
-    probabilities = np.asarray(model(val_set.images, training=False))
-    evaluation = evaluate(probabilities, val_set.labels, dataset.class_names)
+    validation = evaluate(
+        np.asarray(model(val_set.images, training=False)), val_set.labels, dataset.class_names
+    )
+    test = splits.test
+    evaluation = evaluate(
+        np.asarray(model(test.images, training=False)), test.labels, test.class_names
+    )
     return TrainedModel(
         model=model,
         spec=spec,
@@ -131,6 +147,8 @@ def train(
         class_names=dataset.class_names,
         history=history,
         evaluation=evaluation,
+        validation=validation,
+        test_set=test,
         epochs_run=epochs_run,
         duration_seconds=duration,
         train_count=len(x_train),

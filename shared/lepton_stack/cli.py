@@ -298,6 +298,15 @@ def _s3(state: dict[str, Any]) -> Any:
     return _client(state, "s3")
 
 
+def _model_store(state: dict[str, Any]) -> Any:
+    """The running stack's models bucket, through the one module that knows its layout."""
+    from lepton_runtime.models.store import ModelStore
+    from lepton_runtime.settings import Location
+    from lepton_runtime.storage import Storage
+
+    return ModelStore(Storage(_s3(state)), Location(state["buckets"]["models"]))
+
+
 def cmd_put(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -427,8 +436,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                     bar.close()
                     live = entry["message"] == "model published"
                     print(
-                        f"{name} version {entry.get('version')}: validation accuracy "
-                        f"{entry.get('val_accuracy', 0):.2%}; "
+                        f"{name} version {entry.get('version')}: test accuracy "
+                        f"{entry.get('test_accuracy', 0):.2%}; "
                         + ("now live." if live else f"not promoted ({entry.get('reason')}).")
                     )
                     return 0
@@ -483,32 +492,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name, part in state["parts"].items():
         alive = "up" if pid_alive(part.get("pid")) else "DOWN"
         print(f"  {name:<7} {alive:<5} pid {part.get('pid')}  restarts {part.get('restarts', 0)}")
-    s3 = _s3(state)
-    models_bucket, model = state["buckets"]["models"], state["model"]
+    store, model = _model_store(state), state["model"]
     try:
-        live = json.loads(
-            s3.get_object(Bucket=models_bucket, Key=f"{model}/latest.json")["Body"].read()
-        )["version"]
+        pointer = store.pointer(model)
     except Exception:
-        live = None
-    print(f"models (s3://{models_bucket}/{model}/):")
-    paginator = s3.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=models_bucket, Prefix=f"{model}/", Delimiter="/"):
-        for prefix in page.get("CommonPrefixes", []):
-            version = prefix["Prefix"].split("/")[-2]
-            if version == "runs":
-                continue
-            try:
-                meta = json.loads(
-                    s3.get_object(Bucket=models_bucket, Key=f"{prefix['Prefix']}metadata.json")[
-                        "Body"
-                    ].read()
-                )
-                accuracy = f"val_accuracy {meta['metrics']['val_accuracy']:.2%}"
-            except Exception:
-                accuracy = "(incomplete)"
-            marker = "  <- live" if version == live else ""
-            print(f"  {version}  {accuracy}{marker}")
+        pointer = None
+    live = pointer.version if pointer else None
+    print(f"models ({store.uri(store.model_prefix(model))}):")
+    for version in store.versions(model):
+        try:
+            metrics = store.metadata(model, version)["metrics"]
+            figure = metrics.get("test_accuracy", metrics.get("val_accuracy"))
+            kind = "test_accuracy" if "test_accuracy" in metrics else "val_accuracy"
+            accuracy = f"{kind} {figure:.2%}"
+        except Exception:
+            accuracy = "(incomplete)"
+        marker = "  <- live" if version == live else ""
+        print(f"  {version}  {accuracy}{marker}")
     sqs = _client(state, "sqs")
     for label, url in state.get("queues", {}).items():
         attrs = sqs.get_queue_attributes(

@@ -280,11 +280,13 @@ class LocalStack:
         self._save()
 
     def _first_model(self, progress, timeout: float = 600) -> str:  # type: ignore[no-untyped-def]
+        from lepton_runtime.models.store import ModelStore
+        from lepton_runtime.settings import Location
+        from lepton_runtime.storage import Storage
+
         s3 = aws_client(self.layout, "s3")
-        pointer = f"{self.layout.model}/latest.json"
-        try:
-            s3.head_object(Bucket=self.layout.models, Key=pointer)
-        except s3.exceptions.ClientError:
+        store = ModelStore(Storage(s3), Location(self.layout.models))
+        if store.pointer(self.layout.model) is None:
             progress(
                 "training the first model from the bundled digits "
                 f"(s3://{self.layout.uploads}/datasets/{self.layout.model}.zip) ..."

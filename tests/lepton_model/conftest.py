@@ -290,7 +290,7 @@ def digits_artifact(
 
 @dataclass(frozen=True)
 class HeldOut:
-    """The validation split of the digits model as source pixels (8x8, 0..16) and labels."""
+    """The test split of the digits model as source pixels (8x8, 0..16) and labels."""
 
     pixels: np.ndarray
     labels: np.ndarray
@@ -301,12 +301,15 @@ class HeldOut:
 def held_out_digits(
     digit_files_all: Files, digits_dataset: datasets.Dataset, digits_trained: TrainedModel
 ) -> HeldOut:
-    """The digits train() held out, recovered by repeating its seeded split on row numbers."""
+    """The digits train() held out for testing (neither fitting nor early stopping saw them),
+    recovered by repeating its seeded split on row numbers."""
     rows = np.arange(len(digits_dataset), dtype=np.float32).reshape(-1, 1, 1, 1)
     row_set = datasets.Dataset(rows, digits_dataset.labels, digits_dataset.class_names, "")
     config = digits_trained.config
-    _, validation = datasets.split(row_set, config.validation_split, config.seed)
-    chosen = validation.images.ravel().astype(np.int64)
+    test = datasets.split_three(
+        row_set, config.validation_split, config.test_split, config.seed
+    ).test
+    chosen = test.images.ravel().astype(np.int64)
     # from_files orders the files by path: row r is the r-th path in sorted order.
     paths = sorted(name for name, _ in digit_files_all)
     source_index = np.array([int(Path(paths[r]).stem) for r in chosen])

@@ -410,3 +410,31 @@ def test_split_rejects_a_fraction_outside_0_1(fraction: float) -> None:
 def test_split_needs_two_images_per_class() -> None:
     with pytest.raises(DatasetError, match="'1' needs at least 2"):
         datasets.split(row_dataset([0, 0, 1]), 0.5)
+
+
+def test_three_way_split_is_stratified_disjoint_and_complete() -> None:
+    dataset = row_dataset([0] * 100 + [1] * 40 + [2] * 3)
+
+    splits = datasets.split_three(dataset, 0.2, 0.15, seed=3)
+
+    parts = [rows_of(splits.train), rows_of(splits.validation), rows_of(splits.test)]
+    assert sorted(parts[0] + parts[1] + parts[2]) == list(range(143))
+    assert splits.test.class_counts == {"0": 15, "1": 6, "2": 1}
+    assert splits.validation.class_counts == {"0": 20, "1": 8, "2": 1}
+    assert splits.train.class_counts["2"] == 1
+
+
+def test_three_way_split_needs_three_images_per_class() -> None:
+    with pytest.raises(DatasetError, match="'1' needs at least 3 images"):
+        datasets.split_three(row_dataset([0, 0, 0, 1, 1]))
+
+
+def test_a_subset_keeps_the_file_each_image_came_from(
+    tiny_files: list[tuple[str, bytes]],
+) -> None:
+    dataset = datasets.from_files(tiny_files)
+
+    subset = dataset.subset(np.array([0, 5]))
+
+    assert subset.sources == (dataset.sources[0], dataset.sources[5])
+    assert all(name in dict(tiny_files) for name in dataset.sources)

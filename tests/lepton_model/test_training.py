@@ -52,7 +52,7 @@ def test_the_returned_model_is_the_best_validation_epoch(tiny_trained: TrainedMo
     history = tiny_trained.history
     best = int(np.argmin(history["val_loss"]))
 
-    assert tiny_trained.evaluation.accuracy == pytest.approx(history["val_accuracy"][best])
+    assert tiny_trained.validation.accuracy == pytest.approx(history["val_accuracy"][best])
 
 
 def test_early_stopping_ends_training_when_validation_loss_stalls(
@@ -88,10 +88,12 @@ def test_on_epoch_reports_every_epoch_with_its_metrics(
 def test_training_reports_what_it_trained_on(
     tiny_dataset: Dataset, tiny_trained: TrainedModel, tiny_config: TrainingConfig
 ) -> None:
-    """36 images: 6 held out for validation, 30 trained on, doubled by the shifted copies."""
+    """36 images: 6 held out for testing, 6 for validation, 24 trained on, doubled by the
+    shifted copies."""
     assert tiny_trained.class_names == tiny_dataset.class_names
     assert tiny_trained.evaluation.count == 6
-    assert tiny_trained.train_count == 60
+    assert tiny_trained.validation.count == 6
+    assert tiny_trained.train_count == 48
     assert tiny_trained.epochs_run <= tiny_config.epochs
     assert tiny_trained.duration_seconds > 0 and tiny_trained.images_per_second > 0
 
@@ -101,7 +103,7 @@ def test_augmentation_off_trains_on_the_split_alone(
 ) -> None:
     config = TrainingConfig(epochs=1, batch_size=8, augment=False)
 
-    assert training.train(tiny_dataset, tiny_spec, config).train_count == 30
+    assert training.train(tiny_dataset, tiny_spec, config).train_count == 24
 
 
 @pytest.mark.parametrize(("dy", "dx"), [(2, 0), (0, -2), (-1, 3)])
@@ -135,6 +137,8 @@ def test_a_spec_with_another_input_shape_is_refused(tiny_dataset: Dataset) -> No
         {"batch_size": 0},
         {"validation_split": 0.0},
         {"validation_split": 0.95},
+        {"test_split": 0.0},
+        {"validation_split": 0.5, "test_split": 0.4},
         {"learning_rate": 0.0},
         {"patience": 0},
     ],
@@ -152,14 +156,32 @@ def test_digits_cnn_reaches_97_percent_on_the_held_out_split(
     """The default CNN and config, trained by the package on the bundled digits."""
     evaluation = digits_trained.evaluation
     summary = (
-        f"val accuracy {evaluation.accuracy:.4f} on {evaluation.count} held-out digits, "
+        f"test accuracy {evaluation.accuracy:.4f} on {evaluation.count} held-out digits, "
         f"{digits_trained.epochs_run} epochs in {digits_trained.duration_seconds:.1f} s"
     )
     print(summary)
 
-    held_out = sum(round(n * 0.2) for n in digits_dataset.class_counts.values())
+    held_out = sum(round(n * 0.15) for n in digits_dataset.class_counts.values())
     assert len(digits_dataset) == 1797
-    assert evaluation.count == held_out == 359  # 20% of each class, never trained on
+    assert evaluation.count == held_out == 270  # 15% of each class, never trained or stopped on
     assert evaluation.accuracy >= 0.97, summary
     assert min(evaluation.per_class_accuracy.values()) >= 0.9, evaluation.per_class_accuracy
     assert digits_trained.epochs_run < digits_trained.config.epochs  # early stopping stopped it
+
+
+def test_the_test_split_is_neither_trained_nor_stopped_on(
+    tiny_dataset: Dataset, tiny_trained: TrainedModel, tiny_config: TrainingConfig
+) -> None:
+    """The images the reported accuracy comes from are none of those fitting or early stopping
+    used, and scoring them again gives the reported figure."""
+    from lepton_model.datasets import split_three
+
+    splits = split_three(
+        tiny_dataset, tiny_config.validation_split, tiny_config.test_split, tiny_config.seed
+    )
+    test = set(tiny_trained.test_set.sources)
+    assert test == set(splits.test.sources)
+    assert not test & (set(splits.train.sources) | set(splits.validation.sources))
+    predicted = np.argmax(np.asarray(tiny_trained.model(tiny_trained.test_set.images)), axis=1)
+    accuracy = float(np.mean(predicted == tiny_trained.test_set.labels))
+    assert accuracy == pytest.approx(tiny_trained.evaluation.accuracy)

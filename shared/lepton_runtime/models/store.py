@@ -121,6 +121,9 @@ class ModelStore:
 
     # --- keys (the layout) ----------------------------------------------------------------
 
+    def model_prefix(self, name: str) -> str:
+        return self.location.key(f"{name}/")
+
     def version_prefix(self, name: str, version: str) -> str:
         return self.location.key(f"{name}/{version}/")
 
@@ -166,7 +169,7 @@ class ModelStore:
 
     def versions(self, name: str) -> list[str]:
         """Every version folder of `name`, oldest name first."""
-        prefix = self.location.key(f"{name}/")
+        prefix = self.model_prefix(name)
         found = (
             p[len(prefix) :].rstrip("/") for p in self.storage.list_prefixes(self.bucket, prefix)
         )

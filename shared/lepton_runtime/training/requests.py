@@ -21,6 +21,7 @@ _TRAINING_FIELDS = (
     "epochs",
     "batch_size",
     "validation_split",
+    "test_split",
     "learning_rate",
     "patience",
     "seed",

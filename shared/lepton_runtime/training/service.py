@@ -9,6 +9,7 @@ promotion gate holds it back. The same data with the same options never trains t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -18,12 +19,13 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from cloudevents.http import CloudEvent
 from flask import Request, Response
 
@@ -71,6 +73,9 @@ from lepton_runtime.training.requests import (
 )
 
 log = logging.getLogger("lepton.train")
+
+# Reads a dataset's files again: (path, bytes) of those whose `Dataset.sources` name is wanted.
+Reread = Callable[[set[str]], Iterator[tuple[str, bytes]]]
 
 _MAX_MANIFEST_BYTES = 1024 * 1024
 
@@ -223,16 +228,23 @@ class TrainingService:
             self._busy.release()
 
     def _run(self, job: TrainingRequest) -> TrainingOutcome:
-        started = time.perf_counter()
-        base = {"name": job.model_name, "dataset": {"source": job.source.describe()}}
-        try:
-            dataset = self._load_dataset(job)
-        except DatasetError as exc:
-            return self._failed(base, exc)
-        except StorageError as exc:
-            if is_retryable(exc):
-                raise
-            return self._failed(base, exc)
+        with contextlib.ExitStack() as open_files:
+            started = time.perf_counter()
+            base = {"name": job.model_name, "dataset": {"source": job.source.describe()}}
+            try:
+                dataset, reread = open_files.enter_context(self._load_dataset(job))
+            except DatasetError as exc:
+                return self._failed(base, exc)
+            except StorageError as exc:
+                if is_retryable(exc):
+                    raise
+                return self._failed(base, exc)
+            return self._train_once(job, dataset, reread, started)
+
+    def _train_once(
+        self, job: TrainingRequest, dataset: ds.Dataset, reread: Reread | None, started: float
+    ) -> TrainingOutcome:
+        """Claim the run of this dataset and options, train and publish it, record the result."""
         run_id = hashlib.sha256(
             f"{dataset.digest}\n{job.options_fingerprint()}".encode()
         ).hexdigest()[:32]
@@ -242,7 +254,7 @@ class TrainingService:
         lease = _Heartbeat(self.store, claim, self.settings.training_lease_seconds / 3)
         try:
             with lease:
-                outcome = self._train_and_publish(job, dataset, claim, lease, started)
+                outcome = self._train_and_publish(job, dataset, reread, claim, lease, started)
             self.store.finish_run(claim, outcome.data)
         except BaseException:
             if not lease.lost:
@@ -301,17 +313,24 @@ class TrainingService:
                 waited = True
             time.sleep(min(2.0, self.settings.training_lease_seconds / 4))
 
-    def _load_dataset(self, job: TrainingRequest) -> ds.Dataset:
+    @contextlib.contextmanager
+    def _load_dataset(self, job: TrainingRequest) -> Iterator[tuple[ds.Dataset, Reread | None]]:
+        """The decoded dataset, and a way to read some of its files' bytes again (the gate
+        decodes the test images with the live model's own preprocessing); None for arrays."""
         prep = job.preprocessing
         limits = self.dataset_limits
-        if job.source.kind == "arrays":
+        source = job.source
+        if source.kind == "arrays":
             assert job.arrays is not None
             x, y, labels = job.arrays["x"], job.arrays["y"], job.arrays.get("labels")
-            return ds.from_arrays(x, y, labels, prep, replace(limits, min_per_class=1))
-        if job.source.kind == "folder":
-            return ds.from_files(self._folder_files(job.source), prep, self.limits, limits)
-        source = job.source
-        # On disk, not in memory: the archive is read as a stream (a zip needs to seek).
+            yield ds.from_arrays(x, y, labels, prep, replace(limits, min_per_class=1)), None
+            return
+        if source.kind == "folder":
+            dataset = ds.from_files(self._folder_files(source), prep, self.limits, limits)
+            yield dataset, lambda wanted: self._folder_files(source, wanted)
+            return
+        # On disk, not in memory: the archive is read as a stream (a zip needs to seek), and
+        # kept until the training is over so the gate can read its test images again.
         with tempfile.TemporaryFile(prefix="lepton-dataset-") as spool:
             try:
                 self.storage.get_to_file(source.bucket, source.key, spool, limits.max_archive_bytes)
@@ -319,12 +338,20 @@ class TrainingService:
                 raise limits.violation(
                     "max_archive_bytes", f"{source.describe()} is larger than allowed"
                 ) from exc
-            spool.seek(0)
-            files = ds.iter_archive(spool, source.key, limits)
-            return ds.from_files(files, prep, self.limits, limits)
 
-    def _folder_files(self, source: DatasetSource) -> Iterator[tuple[str, bytes]]:
-        """A folder dataset's objects, listed and read one at a time under the dataset limits."""
+            def members(wanted: set[str] | None = None) -> Iterator[tuple[str, bytes]]:
+                spool.seek(0)
+                for name, data in ds.iter_archive(spool, source.key, limits):
+                    if wanted is None or ds.source_name(name) in wanted:
+                        yield name, data
+
+            yield ds.from_files(members(), prep, self.limits, limits), members
+
+    def _folder_files(
+        self, source: DatasetSource, wanted: set[str] | None = None
+    ) -> Iterator[tuple[str, bytes]]:
+        """A folder dataset's objects (those named in `wanted`, when given), listed and read one
+        at a time under the dataset limits."""
         limits = self.dataset_limits
         total = 0
         for seen, info in enumerate(self.storage.list_objects(source.bucket, source.prefix), 1):
@@ -334,6 +361,8 @@ class TrainingService:
                 )
             relative = info.key[len(source.prefix) :]
             if relative == MANIFEST_NAME or info.key.endswith("/") or ds.is_ignored(relative):
+                continue
+            if wanted is not None and ds.source_name(relative) not in wanted:
                 continue
             if info.size > limits.max_member_bytes:
                 raise limits.violation("max_member_bytes", f"{info.key} is {info.size} bytes")
@@ -354,6 +383,7 @@ class TrainingService:
         self,
         job: TrainingRequest,
         dataset: ds.Dataset,
+        reread: Reread | None,
         claim: Claim,
         lease: _Heartbeat,
         started: float,
@@ -386,7 +416,7 @@ class TrainingService:
             )
 
         trained = train(dataset, job.spec(len(dataset.class_names)), job.config, on_epoch)
-        promoted, reason, live = self._gate(name, trained, dataset)
+        promoted, reason, live, live_accuracy = self._gate(name, trained, reread)
         with tempfile.TemporaryDirectory(prefix="lepton-train-") as tmp:
             metadata = export_artifact(
                 trained,
@@ -394,7 +424,13 @@ class TrainingService:
                 name,
                 version,
                 dataset.digest,
-                extra={"promoted": promoted, "gate": reason, "source": job.source.describe()},
+                extra={
+                    "promoted": promoted,
+                    "gate": reason,
+                    "live_version": live,
+                    "live_test_accuracy": live_accuracy,
+                    "source": job.source.describe(),
+                },
             )
             lease.check()
             self.store.upload_version(name, version, Path(tmp))
@@ -406,7 +442,8 @@ class TrainingService:
                 {
                     "published": _now(),
                     "trained_at": float(claim.body["started"]),
-                    "val_accuracy": trained.evaluation.accuracy,
+                    "test_accuracy": trained.evaluation.accuracy,
+                    "val_accuracy": trained.validation.accuracy,
                     "labels": list(trained.class_names),
                 },
             )
@@ -419,8 +456,17 @@ class TrainingService:
             "promoted": promoted,
             "gate": reason,
             "previous_version": live,
-            "metrics": {k: metadata.metrics[k] for k in ("val_accuracy", "val_count")}
-            | {"per_class_accuracy": metadata.metrics["per_class_accuracy"]},
+            "metrics": {
+                key: metadata.metrics[key]
+                for key in (
+                    "test_accuracy",
+                    "test_count",
+                    "val_accuracy",
+                    "val_count",
+                    "per_class_accuracy",
+                )
+            }
+            | {"live_test_accuracy": live_accuracy},
             "location": {
                 "bucket": self.store.bucket,
                 "prefix": self.store.version_prefix(name, version),
@@ -443,50 +489,49 @@ class TrainingService:
                 "model": name,
                 "version": version,
                 "reason": reason,
-                "val_accuracy": trained.evaluation.accuracy,
+                "test_accuracy": trained.evaluation.accuracy,
+                "val_accuracy": trained.validation.accuracy,
             },
         )
         self.metrics.object_event("completed")
         return TrainingOutcome(MODEL_PUBLISHED, data)
 
-    def _gate(self, name: str, trained: Any, dataset: ds.Dataset) -> tuple[bool, str, str | None]:
-        """Promote unless below the accuracy floor or clearly worse than the live version
-        on this same validation split."""
+    def _gate(
+        self, name: str, trained: Any, reread: Reread | None
+    ) -> tuple[bool, str, str | None, float | None]:
+        """(promote, why, live version, live model's test accuracy): promote unless below the
+        accuracy floor on the test split, or clearly worse than the live version on the same
+        test images, each model reading them with its own preprocessing."""
         accuracy = trained.evaluation.accuracy
-        if accuracy < self.settings.min_accuracy:
-            return (
-                False,
-                (
-                    f"validation accuracy {accuracy:.4f} is below the floor "
-                    f"{self.settings.min_accuracy:.4f}"
-                ),
-                None,
-            )
+        floor = self.settings.min_accuracy
+        if accuracy < floor:
+            why = f"test accuracy {accuracy:.4f} is below the floor {floor:.4f}"
+            return False, why, None, None
         pointer = self.store.pointer(name)
         live = pointer.version if pointer else None
         if not live:
-            return True, "first version of this model", None
-        live_accuracy = self._live_accuracy(name, live, trained, dataset)
+            return True, "first version of this model", None, None
+        live_accuracy = self._live_accuracy(name, live, trained, reread)
         if live_accuracy is None:
-            return True, f"replaces {live} (not comparable on this dataset)", live
+            return True, f"replaces {live} (not comparable on this dataset)", live, None
         if live_accuracy - accuracy > self.settings.gate_tolerance:
-            return (
-                False,
-                (
-                    f"validation accuracy {accuracy:.4f} is below the live version "
-                    f"{live} ({live_accuracy:.4f}) on the same data"
-                ),
-                live,
+            why = (
+                f"test accuracy {accuracy:.4f} is below the live version {live} "
+                f"({live_accuracy:.4f}) on the same test images"
             )
-        return True, f"accuracy {accuracy:.4f} vs live {live} {live_accuracy:.4f}", live
+            return False, why, live, live_accuracy
+        why = f"test accuracy {accuracy:.4f} vs live {live} {live_accuracy:.4f}"
+        return True, why, live, live_accuracy
 
     def _live_accuracy(
-        self, name: str, live: str, trained: Any, dataset: ds.Dataset
+        self, name: str, live: str, trained: Any, reread: Reread | None
     ) -> float | None:
-        """The live model's accuracy on the new model's validation split (same labels only)."""
+        """The live model's accuracy on the new model's test images, read again and decoded
+        with the live model's own preprocessing (arrays: as given, when the shapes agree).
+        None when it cannot be compared: another label set, or no live model to load."""
         from lepton_model.classifier import load_classifier
-        from lepton_model.evaluation import evaluate
 
+        test = trained.test_set
         with tempfile.TemporaryDirectory(prefix="lepton-live-") as tmp:
             try:
                 raw = self.store.metadata(name, live)
@@ -498,13 +543,24 @@ class TrainingService:
                 if is_retryable(exc):
                     raise
                 return None
-            if classifier.metadata.labels != trained.class_names or (
-                classifier.input_shape != dataset.images.shape[1:]
-            ):
+            if set(classifier.metadata.labels) != set(trained.class_names):
                 return None
-            _, validation = ds.split(dataset, trained.config.validation_split, trained.config.seed)
-            probabilities = classifier.probabilities(validation.images)
-            return evaluate(probabilities, validation.labels, dataset.class_names).accuracy
+            truth = {
+                source: test.class_names[label]
+                for source, label in zip(test.sources, test.labels.tolist(), strict=True)
+            }
+            if reread is not None and truth:
+                files = reread(set(truth))
+                accuracy, _ = classifier.accuracy_on(
+                    ((data, truth[ds.source_name(path)]) for path, data in files), self.limits
+                )
+                return accuracy
+            if classifier.input_shape != test.images.shape[1:]:
+                return None
+            predicted = np.argmax(classifier.probabilities(test.images), axis=1)
+            labels = np.asarray(classifier.metadata.labels, dtype=object)[predicted]
+            expected_labels = np.asarray(test.class_names, dtype=object)[test.labels]
+            return float(np.mean(labels == expected_labels))
 
     def _failed(self, base: dict[str, Any], exc: Exception) -> TrainingOutcome:
         log.warning(

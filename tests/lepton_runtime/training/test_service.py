@@ -242,6 +242,52 @@ def test_clearly_worse_than_live_on_the_same_data_is_not_promoted(
     assert live_version(s3) == good["version"]
 
 
+def test_the_gate_scores_a_live_model_of_another_input_size_with_its_own_preprocessing(
+    client, s3, uploaded_archive
+) -> None:
+    """A live 20x20 model is compared on the same test images, decoded at 20x20 for it and at
+    28x28 for the new model, instead of being waved through as not comparable."""
+    live = client.post("/", json={"dataset": uploaded_archive, "image_size": 20}).get_json()
+    new = client.post("/", json={"dataset": uploaded_archive, "epochs": 12}).get_json()
+
+    assert new["previous_version"] == live["version"]
+    assert "not comparable" not in new["gate"]
+    assert 0.8 <= new["metrics"]["live_test_accuracy"] <= 1.0
+    assert f"vs live {live['version']}" in new["gate"] or "below the live" in new["gate"]
+
+
+def test_reply_and_metadata_carry_test_and_validation_accuracy(
+    client, s3, uploaded_archive
+) -> None:
+    reply_body = client.post("/", json={"dataset": uploaded_archive}).get_json()
+    meta = json.loads(
+        s3.get_object(Bucket="lepton-models", Key=f"digits/{reply_body['version']}/metadata.json")[
+            "Body"
+        ].read()
+    )
+
+    for metrics in (reply_body["metrics"], meta["metrics"]):
+        assert 0.0 < metrics["test_accuracy"] <= 1.0
+        assert 0.0 < metrics["val_accuracy"] <= 1.0
+        assert metrics["test_count"] > 0 and metrics["val_count"] > 0
+    assert meta["training"]["test_split"] == 0.15
+
+
+def test_a_live_model_with_another_label_set_is_not_comparable(
+    client, s3, uploaded_archive, make_zip, digit_files
+) -> None:
+    client.post("/", json={"dataset": uploaded_archive})
+    s3.put_object(
+        Bucket="lepton-uploads",
+        Key="datasets/three.zip",
+        Body=make_zip([f for f in digit_files if f[0][0] in "012"]),
+    )
+    other = client.post("/", json={"dataset": "datasets/three.zip", "model": "digits"}).get_json()
+
+    assert "not comparable" in other["gate"]
+    assert other["metrics"]["live_test_accuracy"] is None
+
+
 # --- idempotency and publishing -----------------------------------------------------------------
 
 
