@@ -249,6 +249,17 @@ class ModelStore:
         body, etag = found
         return RunRecord(body if isinstance(body, dict) else {}, etag)
 
+    def runs(self, name: str) -> dict[str, RunRecord]:
+        """Every run record of `name` (running, done), by run id."""
+        prefix = self.run_key(name, "").removesuffix(".json")
+        found: dict[str, RunRecord] = {}
+        for info in self.storage.list_objects(self.bucket, prefix):
+            run_id = info.key[len(prefix) :].removesuffix(".json")
+            record = self.run_record(name, run_id)
+            if record is not None:
+                found[run_id] = record
+        return found
+
     def claim_run(
         self, name: str, run_id: str, owner: str, lease_seconds: float, details: dict[str, Any]
     ) -> Claim | RunRecord:

@@ -149,3 +149,16 @@ def test_a_cached_file_that_was_corrupted_on_disk_is_not_used(tmp_path: Path) ->
     (tmp_path / "digits" / "v1" / "model.tflite").write_bytes(b"garbage")
     assert not cache.has("digits", "v1", "model.tflite", {"size": 7, "sha256": "0" * 64})
     assert not (tmp_path / "digits" / "v1" / "model.tflite").exists()
+
+
+def test_runs_lists_every_record_of_a_model_by_run_id(store: ModelStore) -> None:
+    first = store.claim_run("m", "run-a", "owner-1", 60, {"version": "v1"})
+    store.claim_run("m", "run-b", "owner-2", 60, {"version": "v2"})
+    store.claim_run("other", "run-c", "owner-3", 60, {"version": "v3"})
+    assert isinstance(first, Claim)
+    store.finish_run(first, {"version": "v1"})
+
+    runs = store.runs("m")
+
+    assert sorted(runs) == ["run-a", "run-b"]
+    assert (runs["run-a"].status, runs["run-b"].status) == ("done", "running")
