@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lepton_model.errors import ArtifactError
+from lepton_model.plots import best_epoch
 from lepton_model.spec import ModelSpec, Preprocessing
 from lepton_model.training import TrainedModel
 
@@ -103,8 +104,9 @@ def export_artifact(
     if plots:
         from lepton_model.plots import plot_confusion, plot_history
 
-        plot_history(trained.history, directory / HISTORY_PLOT)
-        plot_confusion(trained.evaluation, directory / CONFUSION_PLOT)
+        title = f"{name} {version}"
+        plot_history(trained.history, directory / HISTORY_PLOT, title)
+        plot_confusion(trained.evaluation, directory / CONFUSION_PLOT, title)
         files += [HISTORY_PLOT, CONFUSION_PLOT]
     evaluation = trained.evaluation
     metadata = ModelMetadata(
@@ -123,6 +125,7 @@ def export_artifact(
             "confusion_matrix": [list(row) for row in evaluation.confusion_matrix],
             "final_loss": trained.history.get("loss", [None])[-1],
             "final_val_loss": trained.history.get("val_loss", [None])[-1],
+            "best_epoch": best_epoch(trained.history),
         },
         dataset={
             "digest": dataset_digest,

@@ -35,7 +35,7 @@ def test_history_plot_is_a_png(history: dict[str, list[float]], tmp_path: Path) 
     path = plot_history(history, tmp_path / "curves.png")
 
     assert path == tmp_path / "curves.png"
-    assert assert_png(path).size == (900, 350)
+    assert assert_png(path).size == (900, 380)
 
 
 @pytest.mark.parametrize("classes", [2, 40])
@@ -48,3 +48,32 @@ def test_confusion_plot_is_a_png(classes: int, tmp_path: Path) -> None:
     image = assert_png(plot_confusion(evaluation, tmp_path / "confusion.png"))
 
     assert min(image.size) >= 400
+
+
+def test_the_kept_epoch_is_the_lowest_validation_loss() -> None:
+    from lepton_model.plots import best_epoch
+
+    assert best_epoch({"val_loss": [0.9, 0.4, 0.5, 0.45]}) == 2
+    assert best_epoch({"loss": [0.9]}) is None
+
+
+def test_the_history_plot_names_the_model_and_marks_the_kept_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What is drawn, read back from matplotlib's figure before it is saved."""
+    import matplotlib.figure
+
+    drawn: dict[str, object] = {}
+    savefig = matplotlib.figure.Figure.savefig
+
+    def capture(figure, *args, **kwargs):
+        drawn["title"] = figure._suptitle.get_text() if figure._suptitle else ""
+        drawn["legend"] = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+        return savefig(figure, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", capture)
+    history = {"loss": [1.0, 0.5, 0.4], "val_loss": [1.1, 0.6, 0.7]}
+    plot_history(history, tmp_path / "curves.png", "digits 20261203-1")
+
+    assert drawn["title"] == "digits 20261203-1"
+    assert "kept: epoch 2" in drawn["legend"]

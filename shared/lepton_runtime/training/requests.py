@@ -57,6 +57,11 @@ class TrainingRequest:
     spec_options: dict[str, Any] = field(default_factory=dict)
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     arrays: dict[str, Any] | None = None
+    # Which of "channels", "image_size" and "background" the request set; the rest is chosen
+    # from the data.
+    explicit: frozenset[str] = frozenset()
+    # Make the result live even when the live model has another label set.
+    replace: bool = False
 
     def spec(self, num_classes: int) -> ModelSpec:
         return ModelSpec.from_dict(
@@ -70,6 +75,7 @@ class TrainingRequest:
             "training": self.config.to_dict(),
             "spec": self.spec_options,
             "preprocessing": self.preprocessing.to_dict(),
+            **({"replace": True} if self.replace else {}),
         }
         return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()
 
@@ -126,7 +132,15 @@ def parse_options(
         ModelSpec.from_dict({**spec_options, "num_classes": 2, "preprocessing": preprocessing})
     except (TypeError, ValueError) as exc:
         raise BadRequestError(f"invalid training options: {exc}") from exc
-    return TrainingRequest(source, model_name, config, spec_options, preprocessing, arrays)
+    explicit = frozenset(
+        k for k in ("channels", "image_size", "background") if options.get(k) is not None
+    )
+    replace = options.get("replace", False)
+    if not isinstance(replace, bool):
+        raise BadRequestError("replace must be true or false")
+    return TrainingRequest(
+        source, model_name, config, spec_options, preprocessing, arrays, explicit, replace
+    )
 
 
 def parse_http_request(

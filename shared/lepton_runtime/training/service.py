@@ -32,6 +32,7 @@ from flask import Request, Response
 from lepton_model import datasets as ds
 from lepton_model.artifacts import KERAS_FILE, METADATA_FILE, export_artifact
 from lepton_model.errors import DatasetError, LeptonModelError
+from lepton_model.input_choice import InputChoice, choose_input
 from lepton_runtime import codecs, jsonio
 from lepton_runtime.emit import MODEL_PUBLISHED, TRAINING_FAILED, reply_event
 from lepton_runtime.errors import (
@@ -74,8 +75,20 @@ from lepton_runtime.training.requests import (
 
 log = logging.getLogger("lepton.train")
 
-# Reads a dataset's files again: (path, bytes) of those whose `Dataset.sources` name is wanted.
-Reread = Callable[[set[str]], Iterator[tuple[str, bytes]]]
+# Reads a dataset's files again: (path, bytes) of those whose `Dataset.sources` name is wanted
+# (None: all of them).
+Reread = Callable[[set[str] | None], Iterator[tuple[str, bytes]]]
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """A decoded dataset, how to read its files again (None for arrays), and the input chosen
+    from its files (None when the request set it all)."""
+
+    dataset: ds.Dataset
+    reread: Reread | None
+    choice: InputChoice | None = None
+
 
 _MAX_MANIFEST_BYTES = 1024 * 1024
 
@@ -232,21 +245,21 @@ class TrainingService:
             started = time.perf_counter()
             base = {"name": job.model_name, "dataset": {"source": job.source.describe()}}
             try:
-                dataset, reread = open_files.enter_context(self._load_dataset(job))
+                loaded = open_files.enter_context(self._load_dataset(job))
             except DatasetError as exc:
                 return self._failed(base, exc)
             except StorageError as exc:
                 if is_retryable(exc):
                     raise
                 return self._failed(base, exc)
-            return self._train_once(job, dataset, reread, started)
+            if loaded.choice is not None:
+                job = replace(job, preprocessing=loaded.choice.preprocessing)
+            return self._train_once(job, loaded, started)
 
-    def _train_once(
-        self, job: TrainingRequest, dataset: ds.Dataset, reread: Reread | None, started: float
-    ) -> TrainingOutcome:
+    def _train_once(self, job: TrainingRequest, loaded: _Loaded, started: float) -> TrainingOutcome:
         """Claim the run of this dataset and options, train and publish it, record the result."""
         run_id = hashlib.sha256(
-            f"{dataset.digest}\n{job.options_fingerprint()}".encode()
+            f"{loaded.dataset.digest}\n{job.options_fingerprint()}".encode()
         ).hexdigest()[:32]
         claim = self._claim(job, run_id)
         if not isinstance(claim, Claim):
@@ -254,7 +267,7 @@ class TrainingService:
         lease = _Heartbeat(self.store, claim, self.settings.training_lease_seconds / 3)
         try:
             with lease:
-                outcome = self._train_and_publish(job, dataset, reread, claim, lease, started)
+                outcome = self._train_and_publish(job, loaded, claim, lease, started)
             self.store.finish_run(claim, outcome.data)
         except BaseException:
             if not lease.lost:
@@ -314,7 +327,7 @@ class TrainingService:
             time.sleep(min(2.0, self.settings.training_lease_seconds / 4))
 
     @contextlib.contextmanager
-    def _load_dataset(self, job: TrainingRequest) -> Iterator[tuple[ds.Dataset, Reread | None]]:
+    def _load_dataset(self, job: TrainingRequest) -> Iterator[_Loaded]:
         """The decoded dataset, and a way to read some of its files' bytes again (the gate
         decodes the test images with the live model's own preprocessing); None for arrays."""
         prep = job.preprocessing
@@ -323,11 +336,17 @@ class TrainingService:
         if source.kind == "arrays":
             assert job.arrays is not None
             x, y, labels = job.arrays["x"], job.arrays["y"], job.arrays.get("labels")
-            yield ds.from_arrays(x, y, labels, prep, replace(limits, min_per_class=1)), None
+            array_limits = replace(limits, min_per_class=1)
+            yield _Loaded(ds.from_arrays(x, y, labels, prep, array_limits), None)
             return
         if source.kind == "folder":
-            dataset = ds.from_files(self._folder_files(source), prep, self.limits, limits)
-            yield dataset, lambda wanted: self._folder_files(source, wanted)
+
+            def objects(wanted: set[str] | None = None) -> Iterator[tuple[str, bytes]]:
+                return self._folder_files(source, wanted)
+
+            choice = self._input_for(job, objects)
+            prep = choice.preprocessing if choice else prep
+            yield _Loaded(ds.from_files(objects(), prep, self.limits, limits), objects, choice)
             return
         # On disk, not in memory: the archive is read as a stream (a zip needs to seek), and
         # kept until the training is over so the gate can read its test images again.
@@ -345,7 +364,28 @@ class TrainingService:
                     if wanted is None or ds.source_name(name) in wanted:
                         yield name, data
 
-            yield ds.from_files(members(), prep, self.limits, limits), members
+            choice = self._input_for(job, members)
+            prep = choice.preprocessing if choice else prep
+            yield _Loaded(ds.from_files(members(), prep, self.limits, limits), members, choice)
+
+    def _input_for(self, job: TrainingRequest, files: Reread) -> InputChoice | None:
+        """The request's preprocessing, with channels and input size chosen from the files
+        where the request did not set them (one pass over the files first)."""
+        choose = {part: part not in job.explicit for part in ("channels", "image_size")}
+        choose_background = "background" not in job.explicit
+        if not any(choose.values()) and not (choose_background and job.preprocessing.channels == 3):
+            return None
+        choice = choose_input(
+            files(None),
+            job.preprocessing,
+            choose_channels=choose["channels"],
+            choose_size=choose["image_size"],
+            choose_background=choose_background,
+            image_limits=self.limits,
+            limits=self.dataset_limits,
+        )
+        log.info("input chosen from the data", extra={"model": job.model_name, **choice.to_dict()})
+        return choice
 
     def _folder_files(
         self, source: DatasetSource, wanted: set[str] | None = None
@@ -382,14 +422,14 @@ class TrainingService:
     def _train_and_publish(
         self,
         job: TrainingRequest,
-        dataset: ds.Dataset,
-        reread: Reread | None,
+        loaded: _Loaded,
         claim: Claim,
         lease: _Heartbeat,
         started: float,
     ) -> TrainingOutcome:
         from lepton_model.training import train
 
+        dataset, reread = loaded.dataset, loaded.reread
         name, version = job.model_name, str(claim.body["version"])
         log.info(
             "training started",
@@ -416,7 +456,7 @@ class TrainingService:
             )
 
         trained = train(dataset, job.spec(len(dataset.class_names)), job.config, on_epoch)
-        promoted, reason, live, live_accuracy = self._gate(name, trained, reread)
+        promoted, reason, live, live_accuracy = self._gate(name, trained, reread, job.replace)
         with tempfile.TemporaryDirectory(prefix="lepton-train-") as tmp:
             metadata = export_artifact(
                 trained,
@@ -430,6 +470,7 @@ class TrainingService:
                     "live_version": live,
                     "live_test_accuracy": live_accuracy,
                     "source": job.source.describe(),
+                    "input_chosen": loaded.choice.reasons if loaded.choice else {},
                 },
             )
             lease.check()
@@ -477,6 +518,11 @@ class TrainingService:
                 "images": len(dataset),
                 "classes": list(dataset.class_names),
             },
+            "input": {
+                "channels": job.preprocessing.channels,
+                "image_size": [job.preprocessing.height, job.preprocessing.width],
+                "chosen_from_data": loaded.choice.reasons if loaded.choice else {},
+            },
             "training": {
                 "epochs_run": trained.epochs_run,
                 "seconds": round(time.perf_counter() - started, 2),
@@ -497,11 +543,12 @@ class TrainingService:
         return TrainingOutcome(MODEL_PUBLISHED, data)
 
     def _gate(
-        self, name: str, trained: Any, reread: Reread | None
+        self, name: str, trained: Any, reread: Reread | None, replace_labels: bool = False
     ) -> tuple[bool, str, str | None, float | None]:
         """(promote, why, live version, live model's test accuracy): promote unless below the
-        accuracy floor on the test split, or clearly worse than the live version on the same
-        test images, each model reading them with its own preprocessing."""
+        accuracy floor on the test split, the live model tells other labels apart (unless
+        `replace_labels`), or it is clearly better on the same test images, each model reading
+        them with its own preprocessing."""
         accuracy = trained.evaluation.accuracy
         floor = self.settings.min_accuracy
         if accuracy < floor:
@@ -511,6 +558,16 @@ class TrainingService:
         live = pointer.version if pointer else None
         if not live:
             return True, "first version of this model", None, None
+        live_labels = self._live_labels(name, live)
+        if live_labels is not None and set(live_labels) != set(trained.class_names):
+            if not replace_labels:
+                why = (
+                    f"the live version {live} tells {_labels(live_labels)} apart; this dataset "
+                    f"has {_labels(trained.class_names)}: not replaced (train under another "
+                    "model name, or ask to replace it: replace=true, lepton train --replace)"
+                )
+                return False, why, live, None
+            return True, f"replaces {live} and its labels, as asked", live, None
         live_accuracy = self._live_accuracy(name, live, trained, reread)
         if live_accuracy is None:
             return True, f"replaces {live} (not comparable on this dataset)", live, None
@@ -522,6 +579,16 @@ class TrainingService:
             return False, why, live, live_accuracy
         why = f"test accuracy {accuracy:.4f} vs live {live} {live_accuracy:.4f}"
         return True, why, live, live_accuracy
+
+    def _live_labels(self, name: str, live: str) -> list[str] | None:
+        """The live version's labels (None when its metadata cannot be read for good)."""
+        try:
+            labels = self.store.metadata(name, live).get("labels")
+        except (StorageError, LeptonModelError) as exc:
+            if is_retryable(exc):
+                raise
+            return None
+        return [str(label) for label in labels] if isinstance(labels, list) else None
 
     def _live_accuracy(
         self, name: str, live: str, trained: Any, reread: Reread | None
@@ -582,6 +649,11 @@ class TrainingOutcome:
     @property
     def ok(self) -> bool:
         return self.event_type == MODEL_PUBLISHED
+
+
+def _labels(names: Any) -> str:
+    shown = ", ".join(str(name) for name in list(names)[:8])
+    return f"[{shown}{', ...' if len(list(names)) > 8 else ''}]"
 
 
 def _now() -> str:

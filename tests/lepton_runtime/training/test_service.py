@@ -273,19 +273,64 @@ def test_reply_and_metadata_carry_test_and_validation_accuracy(
     assert meta["training"]["test_split"] == 0.15
 
 
-def test_a_live_model_with_another_label_set_is_not_comparable(
+def test_a_live_model_with_another_label_set_is_not_replaced_unless_asked(
     client, s3, uploaded_archive, make_zip, digit_files
 ) -> None:
-    client.post("/", json={"dataset": uploaded_archive})
+    digits_version = client.post("/", json={"dataset": uploaded_archive}).get_json()["version"]
     s3.put_object(
         Bucket="lepton-uploads",
         Key="datasets/three.zip",
         Body=make_zip([f for f in digit_files if f[0][0] in "012"]),
     )
-    other = client.post("/", json={"dataset": "datasets/three.zip", "model": "digits"}).get_json()
+    request = {"dataset": "datasets/three.zip", "model": "digits", "epochs": 2}
 
-    assert "not comparable" in other["gate"]
-    assert other["metrics"]["live_test_accuracy"] is None
+    kept = client.post("/", json=request).get_json()
+    assert kept["promoted"] is False
+    assert "not replaced" in kept["gate"] and "[0, 1, 2]" in kept["gate"]
+    assert live_version(s3) == digits_version
+
+    replaced = client.post("/", json={**request, "replace": True}).get_json()
+    assert replaced["promoted"] is True
+    assert "as asked" in replaced["gate"]
+    assert live_version(s3) == replaced["version"]
+
+
+# --- the input chosen from the data -------------------------------------------------------------
+
+
+@pytest.fixture
+def colour_archive(s3, make_zip) -> str:
+    from colour_shapes import colour_files
+
+    s3.put_object(
+        Bucket="lepton-uploads", Key="datasets/colours.zip", Body=make_zip(colour_files(40))
+    )
+    return "datasets/colours.zip"
+
+
+def test_a_colour_dataset_trains_in_colour_with_no_flags(client, s3, colour_archive) -> None:
+    answer = client.post("/", json={"dataset": colour_archive}).get_json()
+
+    assert answer["name"] == "colours"
+    assert answer["input"]["channels"] == 3
+    assert "in colour: kept as RGB" in answer["input"]["chosen_from_data"]["channels"]
+    assert answer["metrics"]["test_accuracy"] >= 0.95
+    meta = json.loads(
+        s3.get_object(Bucket="lepton-models", Key=f"colours/{answer['version']}/metadata.json")[
+            "Body"
+        ].read()
+    )
+    assert meta["input_shape"] == [40, 40, 3]
+    assert meta["training"]["input_chosen"]["image_size"].startswith("the images' median")
+
+
+def test_channels_and_size_set_by_the_request_are_kept(client, colour_archive) -> None:
+    answer = client.post(
+        "/", json={"dataset": colour_archive, "channels": 1, "image_size": 24, "epochs": 1}
+    ).get_json()
+
+    assert (answer["input"]["channels"], answer["input"]["image_size"]) == (1, [24, 24])
+    assert answer["input"]["chosen_from_data"] == {}
 
 
 # --- idempotency and publishing -----------------------------------------------------------------
