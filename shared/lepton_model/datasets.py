@@ -34,7 +34,9 @@ from lepton_model.spec import Preprocessing
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
 ArchiveSource = str | Path | bytes | bytearray | memoryview | BinaryIO
 _IGNORED_PARTS = {"__MACOSX", ".DS_Store", "Thumbs.db"}
-_IGNORED_NAMES = {"manifest.json", "README.md", "LICENSE", "labels.txt"}
+# A dataset's options: beside its label folders (a folder dataset) or an archive's first member.
+MANIFEST_NAME = "manifest.json"
+_IGNORED_NAMES = {MANIFEST_NAME, "README.md", "LICENSE", "labels.txt"}
 _CHUNK = 256 * 1024
 _GZIP_MAGIC = b"\x1f\x8b"
 _NESTED_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", _GZIP_MAGIC, b"BZh", b"\xfd7zXZ\x00")
@@ -287,9 +289,23 @@ def _seekable(stream: BinaryIO) -> bool:
 
 
 def _wanted(name: str) -> bool:
-    """Not junk, and inside the archive (no absolute paths, no `..`)."""
+    """Not junk (but a manifest at the top: `archive_manifest` reads it), and inside the
+    archive (no absolute paths, no `..`)."""
     name = name.replace("\\", "/")
-    return not name.startswith("/") and ".." not in _parts(name) and not is_ignored(name)
+    parts = _parts(name)
+    if name.startswith("/") or ".." in parts:
+        return False
+    return not is_ignored(name) or (len(parts) <= 2 and parts[-1] == MANIFEST_NAME)
+
+
+def archive_manifest(members: Iterable[tuple[str, bytes]]) -> bytes | None:
+    """The bytes of a manifest.json that is an archive's first member (at its root or in its
+    one top folder), read without going further into the archive; None without one."""
+    first = next(iter(members), None)
+    if first is None:
+        return None
+    parts = _parts(first[0])
+    return first[1] if parts and parts[-1] == MANIFEST_NAME and len(parts) <= 2 else None
 
 
 def _read_member(

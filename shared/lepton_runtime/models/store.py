@@ -3,13 +3,17 @@
     <models location>/<model>/<version>/model.keras, model.tflite, metadata.json, plots
     <models location>/<model>/latest.json        the pointer that makes a version live
     <models location>/_runs/<model>/<run>.json   training run records (claims, leases, results)
+    <models location>/_status/<model>/<source>.json  the last training of a dataset source, as
+                                                 it goes (stage, epoch, reply): what a person
+                                                 or the CLI follows
 
-A listing of `<model>/` holds only versions (and the pointer object); run records live under
-`_runs/`, a name no model can have (model names start with a letter or digit). A version's files
-are uploaded before its metadata.json, which records each file's size and sha256, and the
-pointer is written last, conditionally, and only forward (a version trained earlier never
-replaces one trained later). Run records are created with If-None-Match and renewed, finished or
-released with If-Match on their ETag, so exactly one replica owns a training at a time.
+A listing of `<model>/` holds only versions (and the pointer object); run records and
+statuses live under `_runs/` and `_status/`, names no model can have (model names start with
+a letter or digit). A version's files are uploaded before its metadata.json, which records
+each file's size and sha256, and the pointer is written last, conditionally, and only forward
+(a version trained earlier never replaces one trained later). Run records are created with
+If-None-Match and renewed, finished or released with If-Match on their ETag, so exactly one
+replica owns a training at a time.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from lepton_runtime.storage import Storage, guess_type
 
 POINTER_FILE = "latest.json"
 RUNS_FOLDER = "_runs"
+STATUS_FOLDER = "_status"
 MAX_POINTER_BYTES = 64 * 1024
 MAX_METADATA_BYTES = 4 * 1024 * 1024
 MAX_RUN_RECORD_BYTES = 1024 * 1024
@@ -135,6 +140,10 @@ class ModelStore:
 
     def run_key(self, name: str, run_id: str) -> str:
         return self.location.key(f"{RUNS_FOLDER}/{name}/{run_id}.json")
+
+    def status_key(self, name: str, source: str) -> str:
+        digest = hashlib.sha256(source.encode()).hexdigest()[:32]
+        return self.location.key(f"{STATUS_FOLDER}/{name}/{digest}.json")
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -248,6 +257,18 @@ class ModelStore:
             return None
         body, etag = found
         return RunRecord(body if isinstance(body, dict) else {}, etag)
+
+    # --- training status (for people and the CLI; last writer wins) --------------------------
+
+    def write_status(self, name: str, source: str, body: dict[str, Any]) -> None:
+        """Record how the training of `source` (a dataset's s3:// URI) into `name` is going."""
+        self.storage.put_json(self.bucket, self.status_key(name, source), body)
+
+    def read_status(self, name: str, source: str) -> dict[str, Any] | None:
+        found = self.storage.read_json(
+            self.bucket, self.status_key(name, source), MAX_RUN_RECORD_BYTES
+        )
+        return found[0] if found and isinstance(found[0], dict) else None
 
     def runs(self, name: str) -> dict[str, RunRecord]:
         """Every run record of `name` (running, done), by run id."""

@@ -9,13 +9,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from lepton_model.datasets import MANIFEST_NAME
 from lepton_model.spec import ModelSpec, Preprocessing
 from lepton_model.training import TrainingConfig
 from lepton_runtime.errors import BadRequestError
 from lepton_runtime.settings import Location
 
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
-MANIFEST_NAME = "manifest.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _TRAINING_FIELDS = (
     "epochs",
@@ -62,6 +62,8 @@ class TrainingRequest:
     explicit: frozenset[str] = frozenset()
     # Make the result live even when the live model has another label set.
     replace: bool = False
+    # The options as the request gave them (before the deployment's defaults).
+    request_options: Mapping[str, Any] = field(default_factory=dict)
 
     def spec(self, num_classes: int) -> ModelSpec:
         return ModelSpec.from_dict(
@@ -109,6 +111,7 @@ def parse_options(
     fill what the options leave out (e.g. the deployment's epochs)."""
     if not isinstance(options, dict):
         raise BadRequestError("training options must be a JSON object")
+    given = dict(options)
     options = {**(defaults or {}), **options}
     model_name = str(
         options.get("model") or options.get("model_name") or source.name or default_model
@@ -139,7 +142,7 @@ def parse_options(
     if not isinstance(replace, bool):
         raise BadRequestError("replace must be true or false")
     return TrainingRequest(
-        source, model_name, config, spec_options, preprocessing, arrays, explicit, replace
+        source, model_name, config, spec_options, preprocessing, arrays, explicit, replace, given
     )
 
 

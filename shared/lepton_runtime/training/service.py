@@ -31,6 +31,7 @@ from flask import Request, Response
 
 from lepton_model import datasets as ds
 from lepton_model.artifacts import KERAS_FILE, METADATA_FILE, export_artifact
+from lepton_model.datasets import MANIFEST_NAME
 from lepton_model.errors import DatasetError, LeptonModelError
 from lepton_model.input_choice import InputChoice, choose_input
 from lepton_runtime import codecs, jsonio
@@ -65,7 +66,6 @@ from lepton_runtime.protocol import (
 from lepton_runtime.settings import Settings
 from lepton_runtime.storage import Storage
 from lepton_runtime.training.requests import (
-    MANIFEST_NAME,
     DatasetSource,
     TrainingRequest,
     dataset_source_for_key,
@@ -85,6 +85,7 @@ class _Loaded:
     """A decoded dataset, how to read its files again (None for arrays), and the input chosen
     from its files (None when the request set it all)."""
 
+    job: TrainingRequest  # as the data made it: options from an archive's manifest, input chosen
     dataset: ds.Dataset
     reread: Reread | None
     choice: InputChoice | None = None
@@ -232,15 +233,25 @@ class TrainingService:
     # --- the work -----------------------------------------------------------------------------
 
     def run(self, job: TrainingRequest) -> TrainingOutcome:
-        """Validate, train, evaluate, export, gate and publish one training request."""
+        """Validate, train, evaluate, export, gate and publish one training request; how it
+        goes is written to the dataset's training status (ModelStore.read_status)."""
         if not self._busy.acquire(blocking=False):
             raise TrainingBusyError("a training is already running in this instance; retry later")
+        status = TrainingStatus(self.store, job.model_name, job.source.describe())
         try:
-            return self._run(job)
+            status.report("loading")
+            outcome = self._run(job, status)
+            stage = "done" if outcome.ok else "failed"
+            status.report(stage, event_type=outcome.event_type, reply=outcome.data)
+            return outcome
+        except Exception as exc:
+            stage = "retrying" if is_retryable(exc) else "failed"
+            status.report(stage, error=error_body(exc)["error"])
+            raise
         finally:
             self._busy.release()
 
-    def _run(self, job: TrainingRequest) -> TrainingOutcome:
+    def _run(self, job: TrainingRequest, status: TrainingStatus) -> TrainingOutcome:
         with contextlib.ExitStack() as open_files:
             started = time.perf_counter()
             base = {"name": job.model_name, "dataset": {"source": job.source.describe()}}
@@ -252,12 +263,13 @@ class TrainingService:
                 if is_retryable(exc):
                     raise
                 return self._failed(base, exc)
-            if loaded.choice is not None:
-                job = replace(job, preprocessing=loaded.choice.preprocessing)
-            return self._train_once(job, loaded, started)
+            return self._train_once(loaded, started, status)
 
-    def _train_once(self, job: TrainingRequest, loaded: _Loaded, started: float) -> TrainingOutcome:
+    def _train_once(
+        self, loaded: _Loaded, started: float, status: TrainingStatus
+    ) -> TrainingOutcome:
         """Claim the run of this dataset and options, train and publish it, record the result."""
+        job = loaded.job
         run_id = hashlib.sha256(
             f"{loaded.dataset.digest}\n{job.options_fingerprint()}".encode()
         ).hexdigest()[:32]
@@ -267,7 +279,7 @@ class TrainingService:
         lease = _Heartbeat(self.store, claim, self.settings.training_lease_seconds / 3)
         try:
             with lease:
-                outcome = self._train_and_publish(job, loaded, claim, lease, started)
+                outcome = self._train_and_publish(loaded, claim, lease, started, status)
             self.store.finish_run(claim, outcome.data)
         except BaseException:
             if not lease.lost:
@@ -337,16 +349,14 @@ class TrainingService:
             assert job.arrays is not None
             x, y, labels = job.arrays["x"], job.arrays["y"], job.arrays.get("labels")
             array_limits = replace(limits, min_per_class=1)
-            yield _Loaded(ds.from_arrays(x, y, labels, prep, array_limits), None)
+            yield _Loaded(job, ds.from_arrays(x, y, labels, prep, array_limits), None)
             return
         if source.kind == "folder":
 
             def objects(wanted: set[str] | None = None) -> Iterator[tuple[str, bytes]]:
                 return self._folder_files(source, wanted)
 
-            choice = self._input_for(job, objects)
-            prep = choice.preprocessing if choice else prep
-            yield _Loaded(ds.from_files(objects(), prep, self.limits, limits), objects, choice)
+            yield self._decoded(job, objects)
             return
         # On disk, not in memory: the archive is read as a stream (a zip needs to seek), and
         # kept until the training is over so the gate can read its test images again.
@@ -364,9 +374,37 @@ class TrainingService:
                     if wanted is None or ds.source_name(name) in wanted:
                         yield name, data
 
-            choice = self._input_for(job, members)
-            prep = choice.preprocessing if choice else prep
-            yield _Loaded(ds.from_files(members(), prep, self.limits, limits), members, choice)
+            manifest = self._archive_manifest(members)
+            if manifest is not None:  # its options, under what the request itself said
+                job = parse_options(
+                    {**manifest, **job.request_options},
+                    self.settings.model_name,
+                    source,
+                    defaults=self.defaults,
+                )
+            yield self._decoded(job, members)
+
+    def _decoded(self, job: TrainingRequest, files: Reread) -> _Loaded:
+        """Decode a file dataset with the request's input, or one chosen from the files."""
+        choice = self._input_for(job, files)
+        if choice is not None:
+            job = replace(job, preprocessing=choice.preprocessing)
+        dataset = ds.from_files(files(None), job.preprocessing, self.limits, self.dataset_limits)
+        return _Loaded(job, dataset, files, choice)
+
+    def _archive_manifest(self, members: Reread) -> dict[str, Any] | None:
+        """The options of an archive whose first member is a manifest.json (`lepton train`
+        writes one)."""
+        data = ds.archive_manifest(members(None))
+        if data is None:
+            return None
+        try:
+            manifest = jsonio.loads(data, what=f"the archive's {MANIFEST_NAME}")
+        except BadRequestError as exc:
+            raise DatasetError(str(exc)) from exc
+        if not isinstance(manifest, dict):
+            raise DatasetError(f"the archive's {MANIFEST_NAME} must be a JSON object of options")
+        return manifest
 
     def _input_for(self, job: TrainingRequest, files: Reread) -> InputChoice | None:
         """The request's preprocessing, with channels and input size chosen from the files
@@ -421,15 +459,15 @@ class TrainingService:
 
     def _train_and_publish(
         self,
-        job: TrainingRequest,
         loaded: _Loaded,
         claim: Claim,
         lease: _Heartbeat,
         started: float,
+        status: TrainingStatus,
     ) -> TrainingOutcome:
         from lepton_model.training import train
 
-        dataset, reread = loaded.dataset, loaded.reread
+        job, dataset, reread = loaded.job, loaded.dataset, loaded.reread
         name, version = job.model_name, str(claim.body["version"])
         log.info(
             "training started",
@@ -442,8 +480,13 @@ class TrainingService:
             },
         )
 
+        progress = {"version": version, "epochs": job.config.epochs, "images": len(dataset)}
+        status.report("training", epoch=0, **progress)
+
         def on_epoch(epoch: int, logs: dict[str, float]) -> None:
             lease.check()  # stop at once when another replica took the run over
+            metrics = {k: round(v, 5) for k, v in logs.items()}
+            status.report("training", epoch=epoch, metrics=metrics, every=1.0, **progress)
             log.info(
                 "epoch",
                 extra={
@@ -456,6 +499,7 @@ class TrainingService:
             )
 
         trained = train(dataset, job.spec(len(dataset.class_names)), job.config, on_epoch)
+        status.report("publishing", epoch=trained.epochs_run, **progress)
         promoted, reason, live, live_accuracy = self._gate(name, trained, reread, job.replace)
         with tempfile.TemporaryDirectory(prefix="lepton-train-") as tmp:
             metadata = export_artifact(
@@ -667,6 +711,38 @@ def _devices() -> list[str]:
         return [d.name for d in tf.config.list_physical_devices()]
     except ImportError:
         return []
+
+
+class TrainingStatus:
+    """Writes how one training goes to its dataset's status object (ModelStore.write_status):
+    the stage, progress and, at the end, the reply. Best effort: a status that cannot be
+    written is logged, never a reason to fail the training."""
+
+    def __init__(self, store: ModelStore, name: str, source: str) -> None:
+        self.store, self.name, self.source = store, name, source
+        self.started = time.time()
+        self._last = 0.0
+        self._fields: dict[str, Any] = {}  # progress so far: each report adds to it
+
+    def report(self, stage: str, every: float = 0.0, **fields: Any) -> None:
+        """Write the status now (or, with `every`, if that many seconds passed since the last)."""
+        self._fields.update(fields)
+        now = time.time()
+        if every and now - self._last < every:
+            return
+        self._last = now
+        body = {
+            **self._fields,
+            "model": self.name,
+            "source": self.source,
+            "stage": stage,
+            "started": self.started,
+            "updated": now,
+        }
+        try:
+            self.store.write_status(self.name, self.source, body)
+        except StorageError as exc:
+            log.warning("training status not written", extra={"error": str(exc), "stage": stage})
 
 
 class _Heartbeat:

@@ -28,4 +28,4 @@ def test_an_archive_bomb_fails_the_job_without_retry(
     assert run_job(service, event_file) == EXIT_FAILED
     failed = [r for r in caplog.records if r.getMessage() == "training failed"]
     assert "(max_member_bytes)" in json.dumps(failed[0].__dict__.get("error"))
-    assert "Contents" not in s3.list_objects_v2(Bucket="lepton-models")
+    assert "Contents" not in s3.list_objects_v2(Bucket="lepton-models", Prefix="bomb/")

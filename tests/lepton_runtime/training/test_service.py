@@ -333,6 +333,53 @@ def test_channels_and_size_set_by_the_request_are_kept(client, colour_archive) -
     assert answer["input"]["chosen_from_data"] == {}
 
 
+# --- training status and archive options --------------------------------------------------------
+
+
+def _status(service, name: str, key: str) -> dict:
+    return service.store.read_status(name, f"s3://lepton-uploads/{key}")
+
+
+def test_the_training_status_follows_a_training_to_its_reply(
+    service, client, record, uploaded_archive
+) -> None:
+    reply_data = reply(client.post("/", json={"Records": [record(uploaded_archive)]})).data
+
+    status = _status(service, "digits", uploaded_archive)
+    assert status["stage"] == "done"
+    assert status["reply"]["version"] == reply_data["version"]
+    assert status["event_type"] == "ai.lepton.model.published"
+    assert status["epochs"] == 3 and 1 <= status["epoch"] <= 3  # the fixture's default
+    assert status["updated"] >= status["started"]
+
+
+def test_a_failed_training_has_a_failed_status_with_its_reason(service, client, s3, record) -> None:
+    s3.put_object(Bucket="lepton-uploads", Key="datasets/junk.zip", Body=b"not a zip")
+    client.post("/", json={"Records": [record("datasets/junk.zip")]})
+
+    status = _status(service, "junk", "datasets/junk.zip")
+    assert status["stage"] == "failed"
+    assert "not a readable" in status["reply"]["reason"]
+
+
+def test_an_archive_manifest_carries_the_training_options(client, s3, record, digit_files) -> None:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("manifest.json", json.dumps({"model": "renamed", "epochs": 2}))
+        for name, data in digit_files:
+            archive.writestr(name, data)
+    s3.put_object(Bucket="lepton-uploads", Key="datasets/with-options.zip", Body=buffer.getvalue())
+
+    answer = reply(client.post("/", json={"Records": [record("datasets/with-options.zip")]})).data
+
+    assert answer["name"] == "renamed"
+    assert answer["training"]["epochs_run"] <= 2
+    assert live_version(s3, "renamed") == answer["version"]
+
+
 # --- idempotency and publishing -----------------------------------------------------------------
 
 
