@@ -14,7 +14,6 @@ lepton logs [PART] [-f]     show a part's log
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import mimetypes
 import os
@@ -23,7 +22,6 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -360,15 +358,6 @@ def cmd_put(args: argparse.Namespace) -> int:
     return 0
 
 
-def _archive_folder(folder: Path) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                archive.write(path, path.relative_to(folder).as_posix())
-    return buffer.getvalue()
-
-
 def _dataset_limits() -> Any:
     """The training function's dataset limits, from the same LEPTON_* settings."""
     from lepton_runtime.errors import ConfigurationError
@@ -381,76 +370,56 @@ def _dataset_limits() -> Any:
         raise SystemExit(_fail(f"configuration error: {exc}", 2)) from exc
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+_TRAINING_OPTIONS = ("epochs", "batch_size", "learning_rate", "patience", "seed", "channels")
 
-    from lepton_model.datasets import scan_directory
-    from lepton_model.errors import DatasetError
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from lepton_stack import train_command as tc
 
     state = _state_or_exit(args)
     folder = Path(args.folder)
-    if not folder.is_dir():
-        return _fail(f"{folder} is not a folder of <label>/<image> files")
-    name = args.name or state["model"]
-    limits = _dataset_limits()
-    beyond = f"{folder} is beyond the training function's dataset limits"
+    options: dict[str, Any] = {
+        key: getattr(args, key) for key in _TRAINING_OPTIONS if getattr(args, key) is not None
+    }
+    if args.image_size is not None:
+        options["image_size"] = args.image_size
+    if args.replace:
+        options["replace"] = True
     try:
-        scan_directory(folder, limits)
-    except DatasetError as exc:
-        return _fail(f"{beyond}: {exc}")
-    data = _archive_folder(folder)
-    if len(data) > limits.max_archive_bytes:
-        too_large = limits.violation("max_archive_bytes", f"its zip is {len(data)} bytes")
-        return _fail(f"{beyond}: {too_large}")
-    s3 = _s3(state)
+        name = tc.model_name_for(folder, args.name)
+        upload = tc.archive_folder(folder, name, options, _dataset_limits())
+    except tc.FolderError as exc:
+        return _fail(str(exc), tc.EXIT_USAGE)
+    uploads = state["buckets"]["uploads"]
     key = f"datasets/{name}.zip"
-    s3.put_object(
-        Bucket=state["buckets"]["uploads"], Key=key, Body=data, ContentType="application/zip"
+    source = f"s3://{uploads}/{key}"
+    store = _model_store(state)
+    since = time.time()
+    _s3(state).put_object(Bucket=uploads, Key=key, Body=upload.data, ContentType="application/zip")
+    print(
+        f"uploaded {upload.images} images of {len(upload.labels)} labels "
+        f"({', '.join(upload.labels[:6])}{', ...' if len(upload.labels) > 6 else ''}) "
+        f"to {source}: model {name!r}"
     )
-    print(f"uploaded {len(data)} bytes to s3://{state['buckets']['uploads']}/{key}; training ...")
-    log_path = Path(state["parts"]["train"]["log"])
-    offset = log_path.stat().st_size if log_path.exists() else 0
     lettered = _train_dead_letters(state)
-    deadline = time.monotonic() + args.timeout
-    bar = tqdm(desc=f"training {name}", unit="epoch", file=sys.stderr)
-    try:
-        while time.monotonic() < deadline:
-            offset, lines = _read_new(log_path, offset)
-            for entry in lines:
-                if entry.get("model") != name:
-                    continue
-                if entry.get("message") == "epoch":
-                    bar.update(1)
-                    bar.set_postfix(acc=entry.get("accuracy"), val_acc=entry.get("val_accuracy"))
-                elif entry.get("message") == "training failed":
-                    bar.close()
-                    return _fail(f"training failed: {entry.get('error')}")
-                elif entry.get("message", "").startswith("duplicate training request"):
-                    bar.close()
-                    print(
-                        f"these images were already trained into {name} version "
-                        f"{entry.get('version')}; nothing new to train."
-                    )
-                    return 0
-                elif entry.get("message") in ("model published", "model stored, not promoted"):
-                    bar.close()
-                    live = entry["message"] == "model published"
-                    print(
-                        f"{name} version {entry.get('version')}: test accuracy "
-                        f"{entry.get('test_accuracy', 0):.2%}; "
-                        + ("now live." if live else f"not promoted ({entry.get('reason')}).")
-                    )
-                    return 0
-            if _train_dead_letters(state) > lettered:
-                bar.close()
-                return _fail(
+
+    def read_status() -> dict[str, Any] | None:
+        if _train_dead_letters(state) > lettered:
+            raise SystemExit(
+                _fail(
                     f"the dataset event was dead-lettered (see {state['dead_letters']} "
                     "and `lepton logs train`)"
                 )
-            time.sleep(0.5)
-    finally:
-        bar.close()
-    return _fail(f"no published model after {args.timeout:.0f} s; see `lepton logs train`")
+            )
+        return store.read_status(name, source)
+
+    code, final = tc.follow(read_status, since - 1.0, args.timeout)
+    if final is None:
+        return _fail(
+            f"the training did not finish in {args.timeout:.0f} s; see `lepton logs train`",
+            tc.EXIT_FAILED,
+        )
+    return code
 
 
 def _train_dead_letters(state: dict[str, Any]) -> int:
@@ -462,22 +431,6 @@ def _train_dead_letters(state: dict[str, Any]) -> int:
     except (requests.RequestException, ValueError):
         return 0
     return int(status.get("dead_letters", {}).get("lepton-train-datasets", 0))
-
-
-def _read_new(path: Path, offset: int) -> tuple[int, list[dict[str, Any]]]:
-    if not path.exists():
-        return offset, []
-    with path.open("rb") as stream:
-        stream.seek(offset)
-        chunk = stream.read()
-    complete = chunk.rfind(b"\n") + 1
-    entries = []
-    for line in chunk[:complete].splitlines():
-        try:
-            entries.append(json.loads(line))
-        except ValueError:
-            continue
-    return offset + complete, entries
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -611,10 +564,45 @@ def build_parser() -> argparse.ArgumentParser:
     put.add_argument("--timeout", type=float, default=120)
     put.set_defaults(func=cmd_put)
 
-    train = sub.add_parser("train", help="train a model from a <label>/<image> folder")
-    train.add_argument("folder")
-    train.add_argument("--name", help="dataset and model name (default: the served model)")
-    train.add_argument("--timeout", type=float, default=1800)
+    train = sub.add_parser(
+        "train",
+        help="train a model from a <label>/<image> folder",
+        description="Check a <label>/<image> folder, upload it as s3://<uploads>/datasets/"
+        "<name>.zip and follow its training. Exit codes: 0 the new version is live, 3 it was "
+        "trained but held back (the reason is printed), 1 the training failed, 2 the folder "
+        "or options are wrong. Options left out are the training function's, or chosen "
+        "from the images (channels, input size).",
+    )
+    train.add_argument("folder", help="a folder of <label>/<image> files")
+    train.add_argument(
+        "--name", help="model (and dataset) name (default: the folder's name, made valid)"
+    )
+    train.add_argument("--epochs", type=int, help="most epochs (default 30; early stopping)")
+    train.add_argument("--batch-size", type=int, help="images per step (default 32)")
+    train.add_argument("--learning-rate", type=float, help="Adam's step size (default 0.002)")
+    train.add_argument(
+        "--patience", type=int, help="epochs without improvement before stopping (default 4)"
+    )
+    train.add_argument("--seed", type=int, help="seed of splits and training (default 42)")
+    train.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 3),
+        help="1 grayscale, 3 RGB (default: chosen from the images: RGB when they have colour)",
+    )
+    train.add_argument(
+        "--image-size",
+        type=int,
+        help="model input side in pixels (default: from the images' sizes, 28 to 64)",
+    )
+    train.add_argument(
+        "--replace",
+        action="store_true",
+        help="make it live even when the live model of this name has other labels",
+    )
+    train.add_argument(
+        "--timeout", type=float, default=1800, help="seconds to wait for the result (default 1800)"
+    )
     train.set_defaults(func=cmd_train)
 
     logs = sub.add_parser("logs", help="show the logs of the stack's parts")

@@ -3,7 +3,6 @@ as the supervisor), fake function servers and a real moto server."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -11,7 +10,6 @@ import subprocess
 import sys
 import threading
 import uuid
-import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 from stack_support import Answer, Subscriber, free_port
 
-from lepton_stack.cli import _archive_folder, main
+from lepton_stack.cli import main
 from lepton_stack.stack import aws_client, provision
 from lepton_stack.state import Ports, StackLayout, pid_alive, write_state
 
@@ -548,7 +546,7 @@ def test_train_refuses_something_that_is_not_a_folder(
 ) -> None:
     fake_state(layout)
     code, _, err = lepton("train", str(image))
-    assert code == 1
+    assert code == 2
     assert "is not a folder of <label>/<image> files" in err
 
 
@@ -576,15 +574,6 @@ def test_train_refuses_a_folder_beyond_the_dataset_limits_before_uploading(
         (tmp_path / "set" / label).mkdir(parents=True)
         (tmp_path / "set" / label / "a.png").write_bytes(b"12345")
     code, _, err = lepton("train", str(tmp_path / "set"))
-    assert code == 1
+    assert code == 2
     assert "is beyond the training function's dataset limits" in err
     assert limit in err
-
-
-def test_a_training_folder_is_archived_with_label_relative_paths(tmp_path: Path) -> None:
-    for label in ("0", "1"):
-        (tmp_path / "set" / label).mkdir(parents=True)
-        (tmp_path / "set" / label / "a.png").write_bytes(label.encode())
-    archive = zipfile.ZipFile(io.BytesIO(_archive_folder(tmp_path / "set")))
-    assert archive.namelist() == ["0/a.png", "1/a.png"]
-    assert archive.read("1/a.png") == b"1"
