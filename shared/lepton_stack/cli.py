@@ -169,13 +169,13 @@ def cmd_env(args: argparse.Namespace) -> int:
     except StackNotRunningError as exc:
         return _fail(str(exc))
     env = layout.function_env(args.role)
-    env.pop("PORT", None) if args.role == "shell" else None
+    # No PORT: the stack's functions hold their ports, and `lepton serve` in the same shell
+    # would collide with them; it listens on its own default (8080) unless PORT is set.
+    env.pop("PORT", None)
     # The running stack's addresses, which `lepton up --*-port` may have moved off the defaults.
     env["AWS_ENDPOINT_URL"] = env["AWS_ENDPOINT_URL_S3"] = state["s3_endpoint"]
     for name, bucket in state.get("buckets", {}).items():
         env[f"LEPTON_{name.upper()}_BUCKET"] = bucket
-    if "PORT" in env and args.role in state.get("functions", {}):
-        env["PORT"] = str(urlsplit(state["functions"][args.role]).port)
     env["LEPTON_MODEL_NAME"] = state.get("model", env["LEPTON_MODEL_NAME"])
     for name, value in sorted(env.items()):
         print(f"export {name}={shlex.quote(value)}")
@@ -244,11 +244,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     url = args.url or _state_or_exit(args)["functions"]["infer"]
     status = 0
-    for name in args.files:
-        path = Path(name)
-        if not path.is_file():
-            status = _fail(f"{path}: no such file")
-            continue
+    files, missing = _image_files(args.files)
+    for path in missing:
+        status = _fail(f"{path}: no such file or folder")
+    if not files and not missing:
+        return _fail(f"no image files in {', '.join(args.files)}")
+    for path in files:
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         try:
             response = requests.post(
@@ -312,10 +313,10 @@ def cmd_put(args: argparse.Namespace) -> int:
     s3 = _s3(state)
     uploads, results = state["buckets"]["uploads"], state["buckets"]["results"]
     keys = []
-    for name in args.files:
-        path = Path(name)
-        if not path.is_file():
-            return _fail(f"{path}: no such file")
+    files, missing = _image_files(args.files)
+    if missing:
+        return _fail(f"{missing[0]}: no such file or folder")
+    for path in files:
         key = f"{args.prefix.rstrip('/')}/{path.name}"
         etag = s3.put_object(
             Bucket=uploads,
@@ -329,6 +330,7 @@ def cmd_put(args: argparse.Namespace) -> int:
     if not args.wait:
         return 0
     pending = dict(keys)
+    failed = 0
     deadline = time.monotonic() + args.timeout
     with tqdm(total=len(keys), desc="results", unit="img", file=sys.stderr) as bar:
         while pending and time.monotonic() < deadline:
@@ -343,6 +345,7 @@ def cmd_put(args: argparse.Namespace) -> int:
                 del pending[key]
                 bar.update(1)
                 if "error" in result:
+                    failed += 1
                     line = f"{key}: failed: {result['error'].get('message')}"
                 else:
                     best = result["predictions"][0]
@@ -355,7 +358,34 @@ def cmd_put(args: argparse.Namespace) -> int:
             f"{len(pending)} result(s) did not land in {args.timeout:.0f} s: "
             f"check `lepton status` and `lepton logs`"
         )
+    if failed:
+        return _fail(f"{failed} of {len(keys)} image(s) could not be classified (see above)")
     return 0
+
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def _image_files(names: list[str]) -> tuple[list[Path], list[Path]]:
+    """(files to send, names that are neither a file nor a folder); a folder stands for the
+    image files in it and below it, in name order."""
+    files: list[Path] = []
+    missing: list[Path] = []
+    for name in names:
+        path = Path(name)
+        if path.is_dir():
+            files += sorted(
+                found
+                for found in path.rglob("*")
+                if found.is_file()
+                and found.suffix.lower() in _IMAGE_SUFFIXES
+                and not any(part.startswith(".") for part in found.relative_to(path).parts)
+            )
+        elif path.is_file():
+            files.append(path)
+        else:
+            missing.append(path)
+    return files, missing
 
 
 def _dataset_limits() -> Any:
@@ -521,47 +551,105 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("up", help="start the local stack")
+    up = sub.add_parser(
+        "up",
+        help="start the local stack",
+        description="Start the whole pipeline on this machine: an S3 + SQS endpoint, the event "
+        "source, the development router (the Knative Broker's part) and both functions, then "
+        "train the first model from the bundled digits unless one is live. In the foreground "
+        "until Ctrl-C, or with --detach until `lepton down`.",
+    )
     up.add_argument("--detach", action="store_true", help="return once ready; stop with down")
-    up.add_argument("--timeout", type=float, default=900)
+    up.add_argument(
+        "--timeout", type=float, default=900, help="seconds to wait for readiness (default 900)"
+    )
     up.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     for name, port in vars(Ports()).items():
         up.add_argument(
             f"--{name}-port",
             type=int,
             default=None,
-            help=f"port of the {name} part (default {port})",
+            help=f"TCP port of the {name} part on 127.0.0.1 (default {port})",
         )
     up.set_defaults(func=cmd_up)
-    sub.add_parser("down", help="stop a detached stack").set_defaults(func=cmd_down)
-    sub.add_parser("status", help="parts, models, queues, dead letters").set_defaults(
-        func=cmd_status
-    )
+    sub.add_parser(
+        "down",
+        help="stop the running stack",
+        description="Stop the local stack (started detached or in another terminal) and every "
+        "process it started.",
+    ).set_defaults(func=cmd_down)
+    sub.add_parser(
+        "status",
+        help="parts, models, queues, dead letters",
+        description="Show whether each part of the local stack is up, the model versions (the "
+        "live one marked), queue depths, dead letters and what the router delivered.",
+    ).set_defaults(func=cmd_status)
 
-    env = sub.add_parser("env", help="print the function environment for the running stack")
-    env.add_argument("role", nargs="?", default="infer", choices=("infer", "train", "shell"))
+    env = sub.add_parser(
+        "env",
+        help="print the function environment for the running stack",
+        description="Print `export NAME=value` lines: what a function container of the running "
+        'stack gets (S3 endpoint, region, keys, bucket names). `eval "$(lepton env)"` makes '
+        "aws, boto3 and `lepton serve` talk to the stack. No PORT: a function you serve by "
+        "hand listens on its own default (8080), not on the stack's ports.",
+    )
+    env.add_argument(
+        "role",
+        nargs="?",
+        default="infer",
+        choices=("infer", "train", "shell"),
+        help="whose environment (default infer)",
+    )
     env.set_defaults(func=cmd_env)
 
-    serve = sub.add_parser("serve", help="run one function server on $PORT")
-    serve.add_argument("role", choices=("infer", "train"))
+    serve = sub.add_parser(
+        "serve",
+        help="run one function server on $PORT",
+        description="Serve a function as its container does, on $PORT (default 8080), with "
+        "LEPTON_WORKERS processes (default: one per CPU; the training function uses one).",
+    )
+    serve.add_argument("role", choices=("infer", "train"), help="which function")
     serve.add_argument("--function-dir", help="folder holding func.py (default functions/ROLE)")
     serve.set_defaults(func=cmd_serve)
 
-    job = sub.add_parser("train-job", help="train once for the CloudEvent in a file (JobSink)")
-    job.add_argument("--event-file", default="/etc/jobsink-event/event")
+    job = sub.add_parser(
+        "train-job",
+        help="train once for the CloudEvent in a file (JobSink)",
+        description="Train once for the CloudEvent in a file, as a Knative JobSink Job does. "
+        "Exit codes: 0 done, 1 transient failure (retry the pod), 2 permanent failure.",
+    )
+    job.add_argument(
+        "--event-file",
+        default="/etc/jobsink-event/event",
+        help="the event (default /etc/jobsink-event/event, JobSink's mount path)",
+    )
     job.set_defaults(func=cmd_train_job)
 
-    predict = sub.add_parser("predict", help="classify image files over HTTP")
-    predict.add_argument("files", nargs="+")
+    predict = sub.add_parser(
+        "predict",
+        help="classify image files over HTTP",
+        description="Send images to the inference function and print the best label of each. "
+        "A folder stands for the image files in it and below it. Exit code 1 when any image "
+        "could not be classified.",
+    )
+    predict.add_argument("files", nargs="+", help="image files or folders")
     predict.add_argument("--url", help="inference function URL (default: the local stack's)")
     predict.add_argument("--json", action="store_true", help="print one JSON object per file")
     predict.set_defaults(func=cmd_predict)
 
-    put = sub.add_parser("put", help="upload images to the uploads bucket")
-    put.add_argument("files", nargs="+")
+    put = sub.add_parser(
+        "put",
+        help="upload images to the uploads bucket",
+        description="Upload images where an upload starts a classification; with --wait, "
+        "show each result as it lands. Exit code 1 when a result is a failure or does not "
+        "land in time.",
+    )
+    put.add_argument("files", nargs="+", help="image files or folders")
     put.add_argument("--wait", action="store_true", help="show results as they land")
-    put.add_argument("--prefix", default="images/")
-    put.add_argument("--timeout", type=float, default=120)
+    put.add_argument("--prefix", default="images/", help="key prefix (default images/)")
+    put.add_argument(
+        "--timeout", type=float, default=120, help="seconds to wait with --wait (default 120)"
+    )
     put.set_defaults(func=cmd_put)
 
     train = sub.add_parser(
@@ -605,17 +693,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(func=cmd_train)
 
-    logs = sub.add_parser("logs", help="show the logs of the stack's parts")
-    logs.add_argument("part", nargs="?")
-    logs.add_argument("-f", "--follow", action="store_true")
-    logs.add_argument("-n", "--lines", type=int, default=50)
+    logs = sub.add_parser(
+        "logs",
+        help="show the logs of the stack's parts",
+        description="Show the last lines of a part's log (JSON lines for the functions), or of "
+        "every part's.",
+    )
+    logs.add_argument("part", nargs="?", help="infer, train, router, source, s3 ... (default all)")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    logs.add_argument(
+        "-n", "--lines", type=int, default=50, help="lines to show first (default 50)"
+    )
     logs.set_defaults(func=cmd_logs)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    import botocore.exceptions
+    import requests
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (requests.ConnectionError, botocore.exceptions.EndpointConnectionError) as exc:
+        return _fail(
+            f"cannot reach the local stack at {_endpoint_of(exc) or 'its address'}: it is "
+            "stopped or still starting; see `lepton status`, start it with `make run`"
+        )
+
+
+def _endpoint_of(error: Exception) -> str:
+    """The URL a connection error was about, without the library's retry noise."""
+    request = getattr(error, "request", None)
+    if request is not None and getattr(request, "url", None):
+        parts = urlsplit(request.url)
+        return f"{parts.scheme}://{parts.netloc}"
+    return str(getattr(error, "kwargs", {}).get("endpoint_url", ""))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ as the supervisor), fake function servers and a real moto server."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -191,7 +192,6 @@ def test_env_prints_export_lines_for_the_running_stack(lepton: Run, layout: Stac
     assert env["LEPTON_MODELS_BUCKET"] == "lepton-models"
     assert env["LEPTON_MODEL_NAME"] == "digits"
     assert (env["AWS_ACCESS_KEY_ID"], env["AWS_REGION"]) == ("test", "us-east-1")
-    assert env["PORT"] == "8081"
 
 
 def test_env_follows_a_stack_started_on_other_ports_and_buckets(
@@ -207,8 +207,6 @@ def test_env_follows_a_stack_started_on_other_ports_and_buckets(
     assert env["AWS_ENDPOINT_URL_S3"] == env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:14566"
     assert (env["LEPTON_UPLOADS_BUCKET"], env["LEPTON_RESULTS_BUCKET"]) == ("in", "out")
     assert env["LEPTON_MODELS_BUCKET"] == "registry"
-    assert env["PORT"] == "18081"
-    assert exports(lepton("env", "train")[1])["PORT"] == "18082"
 
 
 def test_env_uses_the_model_the_running_stack_serves(lepton: Run, layout: StackLayout) -> None:
@@ -216,10 +214,13 @@ def test_env_uses_the_model_the_running_stack_serves(lepton: Run, layout: StackL
     assert exports(lepton("env")[1])["LEPTON_MODEL_NAME"] == "letters"
 
 
-def test_env_for_the_train_function_and_for_a_shell(lepton: Run, layout: StackLayout) -> None:
+@pytest.mark.parametrize("role", ["infer", "train", "shell"])
+def test_env_sets_no_port_so_a_function_served_by_hand_does_not_collide(
+    lepton: Run, layout: StackLayout, role: str
+) -> None:
+    """`eval "$(lepton env)"; lepton serve infer` must not try to bind the stack's port."""
     fake_state(layout)
-    assert exports(lepton("env", "train")[1])["PORT"] == "8082"
-    assert "PORT" not in exports(lepton("env", "shell")[1])
+    assert "PORT" not in exports(lepton("env", role)[1])
 
 
 def test_env_output_can_be_evaluated_by_a_shell(lepton: Run, layout: StackLayout) -> None:
@@ -445,16 +446,17 @@ def test_put_wait_shows_each_result_as_it_lands(
     assert f"{key}: 3 (50.0%)  -> s3://{moto_layout.results}/{key}.json" in out
 
 
-def test_put_wait_shows_a_failed_result(
+def test_put_wait_shows_a_failed_result_and_exits_1(
     moto_lepton: Run,
     moto_stack: dict[str, Any],
     image: Path,
     results_writer: Callable[[dict[str, Any]], None],
 ) -> None:
     results_writer({"error": {"code": "invalid_image", "message": "cannot decode"}})
-    code, out, _ = moto_lepton("put", "--wait", "--timeout", "20", str(image))
-    assert code == 0
+    code, out, err = moto_lepton("put", "--wait", "--timeout", "20", str(image))
+    assert code == 1
     assert f"images/{image.name}: failed: cannot decode" in out
+    assert "1 of 1 image(s) could not be classified" in err
 
 
 def test_put_wait_ignores_the_result_of_an_earlier_upload_and_times_out(
@@ -577,3 +579,52 @@ def test_train_refuses_a_folder_beyond_the_dataset_limits_before_uploading(
     assert code == 2
     assert "is beyond the training function's dataset limits" in err
     assert limit in err
+
+
+def test_predict_classifies_the_images_in_a_folder(
+    lepton: Run, subscriber: Subscriber, tmp_path: Path
+) -> None:
+    folder = tmp_path / "pictures"
+    (folder / "more").mkdir(parents=True)
+    for name in ("b.png", "a.jpg", "more/c.png", ".hidden.png", "notes.txt"):
+        (folder / name).write_bytes(name.encode())
+    subscriber.default = json_answer(200, PREDICTION)
+
+    code, out, _ = lepton("predict", "--url", subscriber.url, str(folder))
+
+    assert code == 0
+    assert [line.split(":")[0] for line in out.splitlines()] == [
+        str(folder / "a.jpg"),
+        str(folder / "b.png"),
+        str(folder / "more" / "c.png"),
+    ]
+    assert [r.body for r in subscriber.received] == [b"a.jpg", b"b.png", b"more/c.png"]
+
+
+def test_a_stopped_stack_is_named_as_such_not_a_connection_trace(
+    lepton: Run, layout: StackLayout, tmp_path: Path
+) -> None:
+    image = tmp_path / "x.png"
+    image.write_bytes(b"x")
+    fake_state(layout, s3_endpoint="http://127.0.0.1:9")
+
+    code, _, err = lepton("put", str(image))
+
+    assert code == 1
+    assert "cannot reach the local stack at http://127.0.0.1:9" in err
+    assert "Max retries" not in err
+
+
+def test_every_subcommand_has_a_description_and_every_option_a_help() -> None:
+    from lepton_stack.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, command in sub.choices.items():
+        assert command.description, f"{name} has no description"
+        for action in command._actions:
+            if action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+            if action.option_strings and action.default not in (None, False):
+                assert str(action.default).rstrip("/") in action.help or "default" in action.help
