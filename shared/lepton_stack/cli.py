@@ -306,6 +306,46 @@ def _model_store(state: dict[str, Any]) -> Any:
     return ModelStore(Storage(_s3(state)), Location(state["buckets"]["models"]))
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    """Every model in the models bucket: its versions, the live one, test accuracy, plots."""
+    from lepton_model.artifacts import CONFUSION_PLOT, HISTORY_PLOT
+    from lepton_stack.persistence import key_path
+
+    state = _state_or_exit(args)
+    store = _model_store(state)
+    kept = _layout(args).buckets / store.bucket
+    names = store.models()
+    if not names:
+        print(f"no models in {store.uri('')} yet: train one with `lepton train DIR`")
+        return 0
+    for name in names:
+        pointer = store.pointer(name)
+        live = pointer.version if pointer else None
+        versions = store.versions(name)
+        print(f"{name}  ({len(versions)} version(s); live: {live or 'none'})")
+        for version in versions[-args.last :]:
+            try:
+                meta = store.metadata(name, version)
+            except Exception:
+                print(f"  {version}  (incomplete)")
+                continue
+            metrics = meta.get("metrics", {})
+            accuracy = metrics.get("test_accuracy", metrics.get("val_accuracy"))
+            shape = "x".join(str(n) for n in meta.get("input_shape", []))
+            labels = meta.get("labels", [])
+            marker = "  <- live" if version == live else ""
+            print(
+                f"  {version}  test accuracy {accuracy:.2%}  input {shape}  "
+                f"{len(labels)} labels{marker}"
+            )
+        if live:
+            for plot in (HISTORY_PLOT, CONFUSION_PLOT):
+                key = store.artifact_key(name, live, plot)
+                local = kept / key_path(key)
+                print(f"  plot: {local if local.exists() else store.uri(key)}")
+    return 0
+
+
 def cmd_put(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -636,6 +676,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--url", help="inference function URL (default: the local stack's)")
     predict.add_argument("--json", action="store_true", help="print one JSON object per file")
     predict.set_defaults(func=cmd_predict)
+
+    models = sub.add_parser(
+        "models",
+        help="the models in the models bucket",
+        description="List every model in the models bucket: its versions (newest last), the "
+        "live one, test accuracy, input shape, and where the live version's plots are.",
+    )
+    models.add_argument(
+        "--last", type=int, default=5, help="versions shown per model, newest (default 5)"
+    )
+    models.set_defaults(func=cmd_models)
 
     put = sub.add_parser(
         "put",

@@ -58,6 +58,11 @@ class StackLayout:
     def samples(self) -> Path:
         return self.root / "samples"
 
+    @property
+    def buckets(self) -> Path:
+        """Where the buckets are kept between runs (lepton_stack.persistence)."""
+        return self.root / "buckets"
+
     def url(self, port: int) -> str:
         return f"http://{self.host}:{port}"
 

@@ -628,3 +628,37 @@ def test_every_subcommand_has_a_description_and_every_option_a_help() -> None:
             assert action.help, f"{name} {action.option_strings or action.dest} has no help"
             if action.option_strings and action.default not in (None, False):
                 assert str(action.default).rstrip("/") in action.help or "default" in action.help
+
+
+def test_models_lists_every_model_its_live_version_accuracy_and_plots(
+    moto_lepton: Run, moto_stack: dict[str, Any], moto_layout: StackLayout
+) -> None:
+    s3 = aws_client(moto_layout, "s3")
+
+    def publish(model: str, version: str, accuracy: float, shape: list[int], live: bool) -> None:
+        meta = {"metrics": {"test_accuracy": accuracy}, "input_shape": shape, "labels": ["a", "b"]}
+        s3.put_object(
+            Bucket=moto_layout.models,
+            Key=f"{model}/{version}/metadata.json",
+            Body=json.dumps(meta).encode(),
+        )
+        if live:
+            s3.put_object(
+                Bucket=moto_layout.models,
+                Key=f"{model}/latest.json",
+                Body=json.dumps({"version": version}).encode(),
+            )
+
+    publish("digits", "v1", 0.9, [28, 28, 1], live=False)
+    publish("digits", "v2", 0.985, [28, 28, 1], live=True)
+    publish("colours", "v1", 1.0, [40, 40, 3], live=True)
+
+    code, out, _ = moto_lepton("models")
+
+    assert code == 0
+    lines = out.splitlines()
+    assert "colours  (1 version(s); live: v1)" in lines
+    assert "digits  (2 version(s); live: v2)" in lines
+    assert "  v2  test accuracy 98.50%  input 28x28x1  2 labels  <- live" in lines
+    assert "  v1  test accuracy 100.00%  input 40x40x3  2 labels  <- live" in lines
+    assert f"  plot: s3://{moto_layout.models}/digits/v2/training_curves.png" in lines
