@@ -66,6 +66,9 @@ class Settings:
     runtime: Literal["auto", "litert", "tensorflow"] = "auto"
     model_cache_dir: Path = Path("/tmp/lepton-models")
     model_poll_seconds: float = 30.0
+    # Models other than the default loaded at once (on first use; least recently used out).
+    max_loaded_models: int = 8
+    loaded_model_bytes: int = 256 * 1024 * 1024
     top_k: int = 3
     max_body_bytes: int = 32 * 1024 * 1024
     # Request bodies one process holds at once, all connections together (see server.BodyBudget).
@@ -179,6 +182,10 @@ class Settings:
             runtime=reader.choice("LEPTON_RUNTIME", "auto", ("auto", "litert", "tensorflow")),
             model_cache_dir=Path(reader.str("LEPTON_MODEL_CACHE_DIR", "/tmp/lepton-models")),
             model_poll_seconds=reader.float("LEPTON_MODEL_POLL_SECONDS", 30.0, minimum=0.0),
+            max_loaded_models=reader.int("LEPTON_MAX_LOADED_MODELS", 8, minimum=1, maximum=256),
+            loaded_model_bytes=reader.int(
+                "LEPTON_LOADED_MODEL_BYTES", 256 * 1024 * 1024, minimum=1024 * 1024
+            ),
             top_k=reader.int("LEPTON_TOP_K", 3, minimum=1),
             max_body_bytes=reader.int("LEPTON_MAX_BODY_BYTES", 32 * 1024 * 1024, minimum=1),
             max_buffered_body_bytes=reader.int(

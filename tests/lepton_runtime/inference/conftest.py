@@ -42,25 +42,33 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory, digits_dataset) -> Path:
 
 
 def _publish(
-    s3: Any, model_dir: Path, version: str, bucket: str = "lepton-models", pointer: bool = True
+    s3: Any,
+    model_dir: Path,
+    version: str,
+    bucket: str = "lepton-models",
+    pointer: bool = True,
+    model: str = MODEL,
 ) -> None:
     for path in model_dir.iterdir():
         body = path.read_bytes()
         if path.name == "metadata.json":  # the same weights, published as another version
-            body = json.dumps({**json.loads(body), "version": version}).encode()
-        s3.put_object(Bucket=bucket, Key=f"{MODEL}/{version}/{path.name}", Body=body)
+            body = json.dumps({**json.loads(body), "version": version, "name": model}).encode()
+        s3.put_object(Bucket=bucket, Key=f"{model}/{version}/{path.name}", Body=body)
     if pointer:
         s3.put_object(
             Bucket=bucket,
-            Key=f"{MODEL}/latest.json",
+            Key=f"{model}/latest.json",
             Body=json.dumps({"version": version}).encode(),
         )
 
 
 @pytest.fixture
 def publish(s3: Any, model_dir: Path) -> Callable[..., None]:
-    """Publish the trained model as `version` (with latest.json unless pointer=False)."""
-    return lambda version, pointer=True: _publish(s3, model_dir, version, pointer=pointer)
+    """Publish the trained model as `version` of `model` (digits by default), with latest.json
+    unless pointer=False."""
+    return lambda version, pointer=True, model=MODEL: _publish(
+        s3, model_dir, version, pointer=pointer, model=model
+    )
 
 
 @pytest.fixture
