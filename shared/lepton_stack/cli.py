@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from lepton_stack.state import (
+    OVERLAYS,
     Ports,
     StackLayout,
     StackNotRunningError,
@@ -46,7 +47,8 @@ def _layout(args: argparse.Namespace) -> StackLayout:
             for name in ("s3", "router", "infer", "train", "webhook")
         }
     )
-    return StackLayout(root=Path(args.state_dir).resolve(), ports=ports)
+    overlay = getattr(args, "overlay", None) or OVERLAYS[0]
+    return StackLayout(root=Path(args.state_dir).resolve(), ports=ports, overlay=overlay)
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -108,6 +110,7 @@ def _up_detached(args: argparse.Namespace, layout: StackLayout) -> int:
             str(layout.root),
             "up",
             "--quiet",
+            f"--overlay={layout.overlay}",
             *(f"--{name}-port={port}" for name, port in vars(layout.ports).items()),
         ],
         stdout=log,
@@ -572,6 +575,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--detach", action="store_true", help="return once ready; stop with down")
     up.add_argument("--timeout", type=float, default=900)
     up.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
+    up.add_argument(
+        "--overlay",
+        choices=OVERLAYS,
+        default=OVERLAYS[0],
+        help="the knative/overlays/<name> whose Triggers and JobSinks the router serves "
+        "(as `make deploy OVERLAY=...`; default %(default)s)",
+    )
     for name, port in vars(Ports()).items():
         up.add_argument(
             f"--{name}-port",

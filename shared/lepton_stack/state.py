@@ -8,10 +8,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lepton_stack.oidc import JWKS_FILE
+
 REGION = "us-east-1"
 ACCESS_KEY = "test"  # moto accepts any credentials; these never leave the machine
 SECRET_KEY = "test"
 MODEL_NAME = "digits"
+OVERLAYS = ("minio", "aws")  # what `make deploy OVERLAY=...` takes; minio is its default
+# The OIDC audience of each function: its Knative Service name, which the Triggers in knative/
+# name as `spec.subscriber.audience` and Knative sets as K_SERVICE.
+AUDIENCES = {"infer": "lepton-infer", "train": "lepton-train"}
 
 
 class StackNotRunningError(RuntimeError):
@@ -39,6 +45,7 @@ class StackLayout:
     models: str = "lepton-models"
     queue: str = "lepton-uploads-events"
     model: str = MODEL_NAME
+    overlay: str = OVERLAYS[0]  # the knative/overlays/<name> the router builds
     # Where the functions reach S3/SQS, when not directly (tests put a fault-injecting proxy here).
     function_endpoint: str | None = None
 
@@ -57,6 +64,21 @@ class StackLayout:
     @property
     def samples(self) -> Path:
         return self.root / "samples"
+
+    @property
+    def jobs(self) -> Path:
+        """JobSink Jobs: one folder per Job, holding its event file."""
+        return self.root / "jobs"
+
+    @property
+    def oidc(self) -> Path:
+        """The local OIDC issuer's key (private) and key set (public)."""
+        return self.root / "oidc"
+
+    @property
+    def issuer(self) -> str:
+        """The `iss` of the tokens the router signs: the router's address."""
+        return self.url(self.ports.router)
 
     def url(self, port: int) -> str:
         return f"http://{self.host}:{port}"
@@ -87,6 +109,11 @@ class StackLayout:
             "LEPTON_HOST": self.host,
             "LEPTON_WEBHOOK_HOST": self.host,
         }
+        if role in AUDIENCES:
+            # Events are verified as on a cluster with Knative's OIDC feature on.
+            env["LEPTON_OIDC_ISSUER"] = self.issuer
+            env["LEPTON_OIDC_JWKS"] = str(self.oidc / JWKS_FILE)
+            env["LEPTON_OIDC_AUDIENCE"] = AUDIENCES[role]
         if role == "infer":
             env["PORT"] = str(self.ports.infer)
             env["LEPTON_MODEL_CACHE_DIR"] = str(self.root / "cache" / "infer")
