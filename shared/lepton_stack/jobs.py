@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -31,6 +32,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -243,7 +245,8 @@ class JobRunner:
         deadline: float | None,
     ) -> int | None:
         """One pod: the exit code, or None when the Job's deadline killed it."""
-        env = {**self.env, **template.env, **EXECUTION_MODE}
+        # This machine's environment (PATH, PYTHONPATH, ...) under the pod's own.
+        env = {**os.environ, **self.env, **template.env, **EXECUTION_MODE}
         if template.bound_to_sink and self.sink:
             env["K_SINK"] = self.sink
         command = _COMMANDS[template.command](str(event_file))
@@ -280,7 +283,8 @@ class JobRunner:
     def _note(self, template: JobTemplate, entry: dict[str, Any]) -> None:
         """A line of the Job controller's own, in the JobSink's log beside the pods' output."""
         self.logs_dir.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"time": time.time(), "logger": "lepton.jobs", **entry}) + "\n"
+        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        line = json.dumps({"time": now, "logger": "lepton.jobs", **entry}) + "\n"
         with (self.logs_dir / f"{template.jobsink}.log").open("a") as stream:
             stream.write(line)
         log.info(entry["message"], extra={k: v for k, v in entry.items() if k != "message"})

@@ -43,8 +43,13 @@ def run_job(service: TrainingService, event_file: Path = JOBSINK_EVENT_FILE) -> 
         log.error("training job failed", extra={"error": str(exc), "code": exc.code})
         return EXIT_RETRY if is_retryable(exc) else EXIT_FAILED
     if not outcomes:
-        log.info("nothing to train for this event", extra={"id": event["id"]})
-        return EXIT_OK
+        # The Triggers route only datasets here: an event that names none is a routing fault,
+        # which must not look like a finished training.
+        log.error(
+            "the event names no dataset to train on",
+            extra={"id": event["id"], "type": event["type"]},
+        )
+        return EXIT_FAILED
     for outcome in outcomes:
         _send(service, outcome)
     return EXIT_OK if all(o.ok for o in outcomes) else EXIT_FAILED
