@@ -96,8 +96,11 @@ def _read_kustomization(path: Path, expect: str) -> Doc:
 def _resources(folder: Path, entries: Iterable[str], seen: tuple[Path, ...]) -> list[Doc]:
     docs: list[Doc] = []
     for entry in entries:
-        if not isinstance(entry, str) or "://" in entry:
-            raise KustomizeError(f"resource {entry!r} in {folder}: only local paths are supported")
+        if not isinstance(entry, str) or "://" in entry or Path(entry).is_absolute():
+            # kustomize refuses absolute roots too; remote ones would need the network.
+            raise KustomizeError(
+                f"resource {entry!r} in {folder}: only local paths relative to it are supported"
+            )
         path = folder / entry
         if path.is_dir():
             docs.extend(_build(path, expect="Kustomization", seen=seen))
