@@ -104,7 +104,10 @@ class EventAuthenticator:
 def key_source(settings: Settings) -> KeySource:
     """A JWKS file, a JWKS URL, or discovery from the issuer, as configured."""
     where = settings.oidc_jwks
-    context = ssl.create_default_context(cafile=settings.oidc_ca_file or None)
+    try:
+        context = ssl.create_default_context(cafile=settings.oidc_ca_file or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(f"LEPTON_OIDC_CA_FILE={settings.oidc_ca_file}: {exc}") from exc
     bearer = Path(settings.oidc_jwks_bearer_file) if settings.oidc_jwks_bearer_file else None
     if where.startswith(("http://", "https://")):
         return UrlKeys(where, context, bearer)

@@ -3,11 +3,13 @@
 Two inputs, either or both:
 - an SQS queue of S3 (or MinIO/SNS/EventBridge) notifications, long-polled
   (LEPTON_SQS_QUEUE_URL, LEPTON_SQS_WAIT_SECONDS);
-- MinIO webhook POSTs (LEPTON_WEBHOOK_PORT, optional LEPTON_WEBHOOK_TOKEN bearer token).
+- MinIO webhook POSTs (LEPTON_WEBHOOK_PORT; LEPTON_WEBHOOK_TOKEN, the bearer token MinIO sends,
+  required unless the webhook listens on loopback only).
 
 Every S3 record becomes one CloudEvent (the CloudEvents AWS S3 adapter mapping, binary mode)
-POSTed to K_SINK; K_CE_OVERRIDES extensions are added, as the Knative SinkBinding and
-ContainerSource contract asks, so this runs unchanged as a ContainerSource and in the local stack.
+POSTed to K_SINK; K_CE_OVERRIDES extensions are added, as the Knative SinkBinding contract asks,
+so this runs unchanged in the minio overlay's Deployment (a SinkBinding injects K_SINK), as a
+ContainerSource, and in the local stack.
 
 Delivery is at least once. An SQS message is deleted only after the sink accepted (2xx) every
 record in it; otherwise it comes back after the queue's visibility timeout and, past the redrive

@@ -207,6 +207,15 @@ def test_a_missing_key_file_is_a_configuration_error(oidc, tmp_path: Path) -> No
         authenticator(oidc, LEPTON_OIDC_JWKS=str(tmp_path / "missing.json"))
 
 
+def test_a_missing_ca_bundle_is_a_configuration_error(oidc, tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="LEPTON_OIDC_CA_FILE"):
+        authenticator(
+            oidc,
+            LEPTON_OIDC_JWKS="https://kubernetes.default.svc/openid/v1/jwks",
+            LEPTON_OIDC_CA_FILE=str(tmp_path / "ca.crt"),
+        )
+
+
 # -- keys over HTTP: a JWKS URL and OIDC discovery ----------------------------------------------
 
 
