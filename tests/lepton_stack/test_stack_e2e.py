@@ -434,6 +434,56 @@ def test_an_anonymous_event_is_refused_and_the_stacks_headers_make_it_work(
     assert label(wait_results(s3, [key])[key]) == "8"
 
 
+def _descendants(pid: int) -> set[int]:
+    found = {pid}
+    for child in Path(f"/proc/{pid}/task").glob("*/children"):
+        for text in child.read_text().split():
+            found |= _descendants(int(text))
+    return found
+
+
+def _listening(pids: set[int]) -> list[tuple[str, int]]:
+    """(address, port) of every TCP socket in LISTEN state the processes hold."""
+    inodes: set[str] = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    found = []
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                address, port = fields[1].split(":")
+                raw = bytes.fromhex(address)
+                if width == 8:
+                    text = socket.inet_ntop(socket.AF_INET, raw[::-1])
+                else:
+                    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+                    text = socket.inet_ntop(socket.AF_INET6, words)
+                found.append((text, int(port, 16)))
+    return found
+
+
+def test_every_port_of_the_stack_listens_on_loopback_only(stack: LocalStack) -> None:
+    pids: set[int] = set()
+    for part in stack.supervisor.parts:  # type: ignore[union-attr]
+        assert part.pid is not None
+        pids |= _descendants(part.pid)
+    sockets = _listening(pids)
+    ports = stack.layout.ports
+    assert {port for _, port in sockets} >= {
+        ports.s3,
+        ports.router,
+        ports.infer,
+        ports.train,
+        ports.webhook,
+    }
+    assert {address for address, _ in sockets} == {"127.0.0.1"}, sockets
+
+
 def test_cli_up_detach_and_down_leave_nothing_behind(tmp_path: Path) -> None:
     ports = [free_port() for _ in range(5)]
     names = ("s3", "router", "infer", "train", "webhook")
