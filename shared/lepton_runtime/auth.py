@@ -1,4 +1,5 @@
-"""Event ingress authentication, as Knative Eventing does it with OIDC (sender identity).
+"""Event ingress authentication, as Knative Eventing does it with OIDC (sender identity), and
+the token this project's own senders (the event-source adapter, training Jobs) present.
 
 With the `authentication-oidc` feature on, a Broker sends every delivery with
 `Authorization: Bearer <JWT>`: a token of the cluster's service-account issuer whose audience is
@@ -209,3 +210,15 @@ def _read_bearer(path: Path) -> str:
         return path.read_text().strip()
     except OSError as exc:
         raise jwt.PyJWKClientConnectionError(f"cannot read {path}: {exc}") from exc
+
+
+def sink_authorization(token_file: Path | None) -> dict[str, str]:
+    """The header a POST to K_SINK carries: the OIDC token Knative mounts for the sink's
+    audience (read at every call, as Knative refreshes the file), or none without the file."""
+    if token_file is None:
+        return {}
+    try:
+        token = token_file.read_text().strip()
+    except OSError:
+        return {}
+    return {"Authorization": f"Bearer {token}"} if token else {}

@@ -123,6 +123,9 @@ class Settings:
     poll_wait_seconds: int = 20
     source_concurrency: int = 8
     sink_timeout: float = 30.0
+    # A SinkBinding (and a ContainerSource) with Knative's OIDC feature mounts a token for the
+    # sink's audience here; when the file exists, every POST to K_SINK carries it.
+    sink_token_file: Path = Path("/oidc/token")
     ce_overrides: tuple[tuple[str, str], ...] = ()  # K_CE_OVERRIDES extensions, as pairs
 
     @property
@@ -255,6 +258,7 @@ class Settings:
             poll_wait_seconds=reader.int("LEPTON_SQS_WAIT_SECONDS", 20, minimum=0, maximum=20),
             source_concurrency=reader.int("LEPTON_SOURCE_CONCURRENCY", 8, minimum=1, maximum=100),
             sink_timeout=reader.float("LEPTON_SINK_TIMEOUT", 30.0, minimum=0.1),
+            sink_token_file=Path(reader.str("LEPTON_SINK_TOKEN_FILE", "/oidc/token")),
             ce_overrides=reader.ce_overrides("K_CE_OVERRIDES"),
         )
         return settings.check()

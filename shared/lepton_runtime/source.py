@@ -33,6 +33,7 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -43,6 +44,7 @@ from waitress import wasyncore
 from werkzeug.wrappers import Request, Response
 
 from lepton_runtime import jsonio
+from lepton_runtime.auth import sink_authorization
 from lepton_runtime.emit import binary_http, s3_object_event
 from lepton_runtime.errors import BadRequestError, ConfigurationError, LeptonError
 from lepton_runtime.events import find_records
@@ -84,12 +86,15 @@ class Forwarder:
         region: str = "",
         extensions: Mapping[str, str] | None = None,
         http: urllib3.PoolManager | None = None,
+        token_file: Path | None = None,
     ) -> None:
+        """`token_file`: the OIDC token a SinkBinding mounts for the sink (sent when present)."""
         if not sink.startswith(("http://", "https://")):
             raise ConfigurationError(f"K_SINK must be an http(s) URL, got {sink!r}")
         self.sink = sink
         self.region = region
         self.extensions = dict(extensions or {})
+        self.token_file = token_file
         self._timeout = urllib3.Timeout(total=timeout)
         self._http = http or urllib3.PoolManager(maxsize=8)
 
@@ -108,6 +113,7 @@ class Forwarder:
 
     def post(self, event: CloudEvent) -> None:
         headers, body = binary_http(event)
+        headers.update(sink_authorization(self.token_file))
         try:
             response = self._http.request(
                 "POST", self.sink, body=body, headers=headers, timeout=self._timeout, retries=False
@@ -357,6 +363,7 @@ class SourceAdapter:
             region=region or "",
             extensions=dict(settings.ce_overrides),
             http=http,
+            token_file=settings.sink_token_file,
         )
         self.poller = (
             SqsPoller(

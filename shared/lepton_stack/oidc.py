@@ -48,11 +48,7 @@ class LocalIssuer:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        path = folder / KEY_FILE
-        path.unlink(missing_ok=True)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "wb") as stream:
-            stream.write(pem)
+        write_private(folder / KEY_FILE, pem.decode())
         (folder / ISSUER_FILE).write_text(json.dumps({"issuer": issuer, "kid": made.kid}))
         _write_atomic(folder / JWKS_FILE, json.dumps(made.jwks(), indent=2))
         return made
@@ -100,6 +96,14 @@ class TokenCache:
                 token = self.issuer.token(audience, self.ttl)
                 self._tokens[audience] = (now + self.ttl, token)
             return token
+
+
+def write_private(path: Path, text: str) -> None:
+    """A file only its owner may read (a key or a token), replacing any earlier one."""
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as stream:
+        stream.write(text)
 
 
 def _write_atomic(path: Path, text: str) -> None:

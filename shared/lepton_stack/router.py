@@ -30,7 +30,10 @@ from cloudevents.conversion import to_json
 from cloudevents.http import CloudEvent
 from werkzeug.wrappers import Request, Response
 
+from lepton_runtime.auth import EventAuthenticator
 from lepton_runtime.emit import binary_http, event_from_http
+from lepton_runtime.errors import UnauthorizedError
+from lepton_runtime.protocol import error_body
 from lepton_stack.jobs import JobRunner
 from lepton_stack.triggers import JOBSINK, Trigger, TriggerConfigError
 
@@ -72,9 +75,11 @@ class Router:
         jobs: JobRunner | None = None,
         sign: Callable[[str], str] | None = None,
         jwks: Mapping[str, Any] | None = None,
+        ingress_auth: EventAuthenticator | None = None,
     ) -> None:
         """`jobs` runs the JobSinks' Jobs; `sign(audience)` makes a delivery's bearer token;
-        `jwks` is the signer's public key set, served at /openid/v1/jwks."""
+        `jwks` is the signer's public key set, served at /openid/v1/jwks; `ingress_auth`
+        verifies the token of every event posted to the router, as a Broker's ingress does."""
         for trigger in triggers:
             if trigger.kind == JOBSINK and (
                 jobs is None or trigger.subscriber not in jobs.templates
@@ -88,6 +93,7 @@ class Router:
         self.jobs = jobs
         self.sign = sign
         self.jwks = dict(jwks or {})
+        self.ingress_auth = ingress_auth
         self.stats = RouterStats()
         self._lock = threading.Lock()
         self._session = requests.Session()
@@ -250,6 +256,16 @@ class Router:
             return Response(json.dumps(self.jwks), mimetype="application/json")
         if request.method != "POST":
             return Response(status=405)
+        if self.ingress_auth is not None:
+            try:
+                self.ingress_auth.verify(request.headers)
+            except UnauthorizedError as exc:
+                return Response(
+                    json.dumps(error_body(exc)),
+                    status=401,
+                    mimetype="application/json",
+                    headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+                )
         try:
             event = event_from_http(request.headers, request.get_data())
         except Exception as exc:  # the SDK raises several unrelated types for bad input

@@ -8,9 +8,10 @@ import signal
 import sys
 from pathlib import Path
 
+from lepton_runtime.auth import EventAuthenticator, FileKeys
 from lepton_runtime.logs import configure
 from lepton_stack.jobs import JobRunner, job_templates
-from lepton_stack.oidc import LocalIssuer, TokenCache
+from lepton_stack.oidc import JWKS_FILE, LocalIssuer, TokenCache
 from lepton_stack.router import Router
 from lepton_stack.triggers import read_manifests, triggers_of
 
@@ -39,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logs-dir", type=Path, help="where JobSink Jobs write their logs")
     parser.add_argument("--job-env", type=Path, help="JSON file: the environment of Job pods")
     parser.add_argument("--issuer-dir", type=Path, help="sign deliveries with this local issuer")
+    parser.add_argument(
+        "--ingress-audience",
+        help="accept only events carrying the issuer's token for this audience (the Broker's)",
+    )
     args = parser.parse_args(argv)
     configure("INFO")
     subscribers = dict(item.split("=", 1) for item in args.subscriber)
@@ -53,11 +58,21 @@ def main(argv: list[str] | None = None) -> int:
             json.loads(args.job_env.read_text()) if args.job_env else {},
             sink=f"http://{args.host}:{args.port}/",
         )
-    sign, jwks = None, None
+    sign, jwks, ingress = None, None, None
     if args.issuer_dir:
         issuer = LocalIssuer.load(args.issuer_dir)
         sign, jwks = TokenCache(issuer), issuer.jwks()
-    router = Router(triggers_of(build, args.broker), subscribers, jobs=jobs, sign=sign, jwks=jwks)
+        if args.ingress_audience:
+            keys = FileKeys(args.issuer_dir / JWKS_FILE)
+            ingress = EventAuthenticator(issuer.issuer, args.ingress_audience, keys)
+    router = Router(
+        triggers_of(build, args.broker),
+        subscribers,
+        jobs=jobs,
+        sign=sign,
+        jwks=jwks,
+        ingress_auth=ingress,
+    )
 
     import waitress
 

@@ -26,10 +26,11 @@ import boto3
 import requests
 from botocore.config import Config
 
-from lepton_stack.oidc import LocalIssuer
+from lepton_stack.oidc import LocalIssuer, write_private
 from lepton_stack.state import (
     ACCESS_KEY,
     AUDIENCES,
+    BROKER_AUDIENCE,
     REGION,
     SECRET_KEY,
     StackLayout,
@@ -197,6 +198,8 @@ class LocalStack:
             str(self._write_job_env()),
             "--issuer-dir",
             str(layout.oidc),
+            "--ingress-audience",
+            BROKER_AUDIENCE,
         ]
 
         def serve(role: str) -> Part:
@@ -245,10 +248,13 @@ class LocalStack:
         """A new signing key for this stack, and the header that authorizes a hand-sent event
         at both functions."""
         issuer = LocalIssuer.create(self.layout.oidc, self.layout.issuer)
-        token = issuer.token(
-            sorted(AUDIENCES.values()), EVENT_HEADER_TOKEN_SECONDS, "lepton-local-user"
-        )
+        audiences = [BROKER_AUDIENCE, *sorted(AUDIENCES.values())]
+        token = issuer.token(audiences, EVENT_HEADER_TOKEN_SECONDS, "lepton-local-user")
         self.event_headers = {"Authorization": f"Bearer {token}"}
+        # What the SinkBindings' OIDC volume holds on a cluster: the senders' token for the
+        # Broker (the router), for the event-source adapter and the training Jobs.
+        sink = issuer.token(BROKER_AUDIENCE, EVENT_HEADER_TOKEN_SECONDS, "lepton-local-source")
+        write_private(self.layout.sink_token, sink)
 
     def _moto(self) -> Part:
         return Part(

@@ -18,6 +18,8 @@ OVERLAYS = ("minio", "aws")  # what `make deploy OVERLAY=...` takes; minio is it
 # The OIDC audience of each function: its Knative Service name, which the Triggers in knative/
 # name as `spec.subscriber.audience` and Knative sets as K_SERVICE.
 AUDIENCES = {"infer": "lepton-infer", "train": "lepton-train"}
+# The router's, as Knative names a Broker's audience (eventing.knative.dev/broker/<ns>/<name>).
+BROKER_AUDIENCE = "eventing.knative.dev/broker/local/lepton"
 
 
 class StackNotRunningError(RuntimeError):
@@ -76,6 +78,11 @@ class StackLayout:
         return self.root / "oidc"
 
     @property
+    def sink_token(self) -> Path:
+        """The token senders to the router present: what a SinkBinding mounts at /oidc/token."""
+        return self.oidc / "sink-token"
+
+    @property
     def issuer(self) -> str:
         """The `iss` of the tokens the router signs: the router's address."""
         return self.url(self.ports.router)
@@ -126,6 +133,8 @@ class StackLayout:
             env["LEPTON_SQS_WAIT_SECONDS"] = "2"
             # The router answers once the function has the event: a training takes a while.
             env["LEPTON_SINK_TIMEOUT"] = "1800"
+        if role in ("source", "train"):  # the adapter, and training Jobs announcing models
+            env["LEPTON_SINK_TOKEN_FILE"] = str(self.sink_token)
         return env
 
 

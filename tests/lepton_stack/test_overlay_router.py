@@ -310,6 +310,8 @@ def test_router_main_serves_a_kustomize_target(tmp_path: Path, subscriber: Subsc
             str(tmp_path / "logs"),
             "--issuer-dir",
             str(issuer_dir),
+            "--ingress-audience",
+            "eventing.knative.dev/broker/local/lepton",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -325,8 +327,17 @@ def test_router_main_serves_a_kustomize_target(tmp_path: Path, subscriber: Subsc
         from lepton_runtime.emit import binary_http
 
         headers, body = binary_http(CloudEvent(s3_event("images/x.png").get_attributes(), {}))
-        assert requests.post(url + "/", data=body, headers=headers, timeout=10).status_code == 202
-        assert subscriber.received[0].headers["Authorization"].startswith("Bearer ")
+        # As a Broker's ingress with OIDC: an anonymous sender is refused, nothing delivered.
+        assert requests.post(url + "/", data=body, headers=headers, timeout=10).status_code == 401
+        for_the_functions = LocalIssuer.load(issuer_dir).token("lepton-infer")
+        wrong = {**headers, "Authorization": f"Bearer {for_the_functions}"}
+        assert requests.post(url + "/", data=body, headers=wrong, timeout=10).status_code == 401
+        assert subscriber.received == []
+        token = LocalIssuer.load(issuer_dir).token("eventing.knative.dev/broker/local/lepton")
+        signed = {**headers, "Authorization": f"Bearer {token}"}
+        assert requests.post(url + "/", data=body, headers=signed, timeout=10).status_code == 202
+        delivered = subscriber.received[0].headers["Authorization"]
+        assert delivered.startswith("Bearer ") and delivered != f"Bearer {token}"
     finally:
         process.terminate()
         process.wait(15)

@@ -14,6 +14,7 @@ from pathlib import Path
 import requests
 from cloudevents.http import from_json
 
+from lepton_runtime.auth import sink_authorization
 from lepton_runtime.emit import binary_http
 from lepton_runtime.errors import LeptonError, is_retryable
 from lepton_runtime.events import parse_cloudevent
@@ -60,6 +61,8 @@ def _send(service: TrainingService, outcome) -> None:  # type: ignore[no-untyped
     if not sink:
         return
     headers, body = binary_http(service.reply(outcome))
+    # The SinkBinding's OIDC token for the Broker, when Knative mounted one.
+    headers.update(sink_authorization(service.settings.sink_token_file))
     try:
         requests.post(
             sink, data=body, headers=headers, timeout=service.settings.sink_timeout

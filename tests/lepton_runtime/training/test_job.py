@@ -54,7 +54,8 @@ def test_a_large_dataset_trains_publishes_and_announces_its_model(
     make_service, s3, record, digits_zip, tmp_path: Path, subscriber_url
 ) -> None:
     url, received = subscriber_url
-    service = make_service(K_SINK=url)
+    (tmp_path / "oidc-token").write_text("token-for-the-broker\n")  # as a SinkBinding mounts it
+    service = make_service(K_SINK=url, LEPTON_SINK_TOKEN_FILE=str(tmp_path / "oidc-token"))
     s3.put_object(Bucket="lepton-uploads", Key="datasets/large/digits.zip", Body=digits_zip)
     event_file = write_event(tmp_path, record("datasets/large/digits.zip"))
 
@@ -64,6 +65,7 @@ def test_a_large_dataset_trains_publishes_and_announces_its_model(
     )
     (reply,) = received
     assert reply["ce-type"] == MODEL_PUBLISHED
+    assert reply["authorization"] == "Bearer token-for-the-broker"
     assert json.loads(reply["body"])["version"] == pointer["version"]
 
 
@@ -128,7 +130,13 @@ def subscriber_url():
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            received.append({"ce-type": self.headers.get("ce-type"), "body": body})
+            received.append(
+                {
+                    "ce-type": self.headers.get("ce-type"),
+                    "authorization": self.headers.get("Authorization"),
+                    "body": body,
+                }
+            )
             self.send_response(202)
             self.send_header("Content-Length", "0")
             self.end_headers()
