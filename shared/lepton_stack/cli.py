@@ -532,6 +532,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"router: received {router['received']}, delivered {router['delivered']}, "
             f"retries {router['retries']}, dead-lettered {router['dead_letters']}"
         )
+        jobs = router.get("jobs") or {}
+        if jobs:
+            print(
+                f"jobs: running {jobs['running']}, created {jobs['created']}, "
+                f"succeeded {jobs['succeeded']}, failed {jobs['failed']}"
+            )
     except requests.RequestException:
         print("router: not answering")
     return 0

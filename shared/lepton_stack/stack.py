@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -296,6 +297,9 @@ class LocalStack:
         self.check_free()
         self.layout.logs.mkdir(parents=True, exist_ok=True)
         self.layout.dead_letters.mkdir(parents=True, exist_ok=True)
+        # Jobs of an earlier stack are gone, as on a fresh cluster (a Job's name comes from its
+        # event's id, and an existing Job means "already handed over").
+        shutil.rmtree(self.layout.jobs, ignore_errors=True)
         self._make_issuer()
         self._save()
         moto = self._moto()
@@ -426,5 +430,7 @@ Or call the function directly:
   .venv/bin/lepton put {layout.samples}/*.png --wait
   eval "$(.venv/bin/lepton env)"   # point aws/boto3 in this shell at the stack
 Train a new version from a <label>/<image> folder:  .venv/bin/lepton train DIR
+  (archives under datasets/large/ train in a JobSink Job: .venv/bin/lepton logs lepton-train-job)
+Post an event by hand: add the header in "event_headers" of {layout.state_file}
 Stop: Ctrl-C here (or `.venv/bin/lepton down` for a detached stack).
 """
