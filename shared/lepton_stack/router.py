@@ -112,6 +112,21 @@ class Router:
         base = self.subscribers[name]
         return base.rstrip("/") + (slash + path if slash else "/") if "://" in base else base
 
+    def check_addresses(self) -> None:
+        """TriggerConfigError unless every Service subscriber and dead-letter sink of the
+        Triggers has a local address (the stack serves it): found at start-up, not per event."""
+        for trigger in self.triggers:
+            destinations = [trigger.delivery.dead_letter_sink]
+            if trigger.kind != JOBSINK:
+                destinations.append(trigger.subscriber)
+            for destination in filter(None, destinations):
+                try:
+                    self.resolve(destination)
+                except KeyError as exc:
+                    raise TriggerConfigError(
+                        f"trigger {trigger.name}: the local stack has {exc.args[0]}"
+                    ) from None
+
     def route(self, event: CloudEvent) -> list[DeliveryResult]:
         """Deliver `event` to every matching Trigger (in parallel); replies are routed after."""
         attributes = event.get_attributes()

@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         jwks=jwks,
         ingress_auth=ingress,
     )
+    router.check_addresses()
 
     import waitress
 

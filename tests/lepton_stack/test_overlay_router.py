@@ -85,6 +85,22 @@ def test_a_subscriber_kind_the_router_cannot_serve_fails_the_build(tmp_path: Pat
         triggers_of(read_manifests([tmp_path]))
 
 
+@pytest.mark.parametrize("overlay", ["minio", "aws"])
+def test_every_service_an_overlay_routes_to_is_one_the_stack_runs(overlay: str) -> None:
+    docs = build(overlay)
+    templates = job_templates(docs)
+    runner = JobRunner(templates, Path(), Path(), {}) if templates else None
+    served = {"lepton-infer": "http://127.0.0.1:1", "lepton-train": "http://127.0.0.1:2"}
+    router = Router(triggers_of(docs), {**served, "lepton-dead-letters": "dir:/tmp"}, jobs=runner)
+    router.check_addresses()
+    del router.subscribers["lepton-train"]
+    with pytest.raises(
+        TriggerConfigError, match="has no local address for subscriber 'lepton-train'"
+    ):
+        router.check_addresses()
+    router.stop()
+
+
 def test_a_jobsink_trigger_without_its_jobsink_fails_the_router() -> None:
     docs = [d for d in build("minio") if d["kind"] != "JobSink"]
     with pytest.raises(TriggerConfigError, match="no Job template"):
