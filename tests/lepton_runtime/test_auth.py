@@ -14,10 +14,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from hypothesis import strategies as st
 
 from lepton_runtime.auth import EventAuthenticator
 from lepton_runtime.errors import (
@@ -285,3 +287,27 @@ def test_unreachable_keys_are_a_transient_fault_not_a_refusal(oidc) -> None:
     with pytest.raises(AuthUnavailableError) as caught:
         verifier.verify(bearer(oidc.token(AUDIENCE)))
     assert is_retryable(caught.value) and status_for(caught.value) == 503
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(
+    header=st.one_of(
+        st.text(max_size=300),
+        st.builds(lambda t: f"Bearer {t}", st.text(max_size=300)),
+        st.builds(
+            lambda parts: "Bearer " + ".".join(parts),
+            st.lists(st.text("ABCDEFabcdef0123456789-_=", max_size=60), min_size=1, max_size=4),
+        ),
+    )
+)
+def test_any_authorization_header_is_refused_as_unauthorized_and_nothing_else(
+    oidc, header: str
+) -> None:
+    if id(oidc) not in _VERIFIERS:
+        _VERIFIERS[id(oidc)] = authenticator(oidc)
+    verifier = _VERIFIERS[id(oidc)]
+    with pytest.raises(UnauthorizedError):
+        verifier.verify({"Authorization": header})
+
+
+_VERIFIERS: dict[int, EventAuthenticator] = {}
