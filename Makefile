@@ -32,8 +32,9 @@ format: install
 	$(BIN)/ruff check --fix shared functions tests bench
 	$(BIN)/ruff format shared functions tests bench
 
+# The local stack serves the same overlay `make deploy` applies (OVERLAY=minio by default).
 run: install
-	$(BIN)/lepton up
+	$(BIN)/lepton up --overlay $(OVERLAY)
 
 # Benchmarks against the seed design and the framework ceiling (needs wrk; installed from
 # Debian when missing and this runs as root). Writes docs/benchmarks.md.

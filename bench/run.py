@@ -276,6 +276,9 @@ def serve_ours(env: dict[str, str], port: int, runtime: str, cache: Path) -> lis
             "LEPTON_RUNTIME": runtime,
             "LEPTON_MODEL_CACHE_DIR": str(cache),
             "LEPTON_LOG_LEVEL": "WARNING",
+            # Only images are sent here (open routes); events are measured on the local stack,
+            # whose router signs them.
+            "LEPTON_EVENT_AUTH": "off",
         }
     )
     return [

@@ -61,3 +61,12 @@ def moto_endpoint(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """Point boto3 at the moto server through the standard AWS_ENDPOINT_URL variable."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
     return moto_server
+
+
+@pytest.fixture(scope="session")
+def oidc(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """An OIDC issuer made in the tests (tests/oidc_support.py): env for a function verifying
+    its tokens, and tokens for any audience."""
+    from oidc_support import TestIssuer
+
+    return TestIssuer(tmp_path_factory.mktemp("oidc"))

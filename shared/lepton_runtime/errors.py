@@ -48,6 +48,22 @@ class EventFormatError(BadRequestError):
     code = "invalid_event"
 
 
+class UnauthorizedError(LeptonError):
+    """An event without a valid OIDC token for this function (missing, expired, for another
+    audience or issuer, badly signed): nothing it names is read. Permanent (401): a
+    redelivery carries the same token."""
+
+    code = "unauthorized"
+
+
+class AuthUnavailableError(LeptonError):
+    """The keys that verify event tokens could not be fetched (the issuer's JWKS endpoint is
+    down): transient, the sender delivers again."""
+
+    code = "auth_unavailable"
+    retryable = True
+
+
 class ForbiddenLocationError(LeptonError):
     """An event points at a bucket/prefix this function does not serve (or must never read)."""
 

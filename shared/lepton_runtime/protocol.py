@@ -46,6 +46,7 @@ from lepton_runtime.errors import (
     StorageError,
     StorageUnavailableError,
     TrainingBusyError,
+    UnauthorizedError,
     UnsupportedMediaTypeError,
     is_retryable,
 )
@@ -59,6 +60,8 @@ _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (UnsupportedMediaTypeError, 415),
     (BadRequestError, 400),
     (NotFoundError, 404),
+    # Knative does not retry 401: a delivery without a valid token is dead-lettered.
+    (UnauthorizedError, 401),
     (ForbiddenLocationError, 403),
     (ModelNotReadyError, 503),
     (TrainingBusyError, 429),
@@ -120,7 +123,10 @@ def json_response(
 
 
 def error_response(error: Exception) -> Response:
-    return json_response(error_body(error), status_for(error))
+    headers = None
+    if isinstance(error, UnauthorizedError):  # RFC 6750: say which scheme is expected
+        headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+    return json_response(error_body(error), status_for(error), headers)
 
 
 def event_response(event: CloudEvent, status: int = 200) -> Response:

@@ -96,6 +96,17 @@ class Settings:
     # How long a delivery of a run another replica is training waits for its result.
     training_wait_seconds: float = 1800.0
     event_source: str = ""
+    # Event ingress authentication (Knative Eventing's OIDC sender identity): "oidc" verifies
+    # every event's `Authorization: Bearer <JWT>` (see lepton_runtime.auth); "off" for clusters
+    # without OIDC, logged loudly at start-up.
+    event_auth: Literal["oidc", "off"] = "oidc"
+    oidc_issuer: str = ""  # the `iss` tokens must carry (the cluster's service-account issuer)
+    oidc_audience: str = ""  # the `aud` they must be for; empty: K_SERVICE (this Service)
+    # Where the issuer's keys are: a JWKS URL or file; empty: OIDC discovery from the issuer.
+    oidc_jwks: str = ""
+    oidc_ca_file: str = ""  # CA bundle for an https JWKS/discovery URL (the API server's)
+    oidc_jwks_bearer_file: str = ""  # a file whose content authorizes the JWKS fetch
+    oidc_leeway_seconds: float = 10.0  # clock skew allowed on exp/nbf/iat
     host: str = "0.0.0.0"  # the function server's listening address; the local stack: loopback
     port: int = 8080
     keep_alive_seconds: int = 30  # idle keep-alive connections are closed after this
@@ -115,6 +126,9 @@ class Settings:
     poll_wait_seconds: int = 20
     source_concurrency: int = 8
     sink_timeout: float = 30.0
+    # A SinkBinding (and a ContainerSource) with Knative's OIDC feature mounts a token for the
+    # sink's audience here; when the file exists, every POST to K_SINK carries it.
+    sink_token_file: Path = Path("/oidc/token")
     ce_overrides: tuple[tuple[str, str], ...] = ()  # K_CE_OVERRIDES extensions, as pairs
 
     @property
@@ -217,6 +231,15 @@ class Settings:
                 "LEPTON_TRAINING_WAIT_SECONDS", 1800.0, minimum=0.0, maximum=86400.0
             ),
             event_source=reader.str("LEPTON_EVENT_SOURCE", ""),
+            event_auth=reader.choice("LEPTON_EVENT_AUTH", "oidc", ("oidc", "off")),
+            oidc_issuer=reader.str("LEPTON_OIDC_ISSUER", ""),
+            oidc_audience=reader.str("LEPTON_OIDC_AUDIENCE", "") or reader.str("K_SERVICE", ""),
+            oidc_jwks=reader.str("LEPTON_OIDC_JWKS", ""),
+            oidc_ca_file=reader.str("LEPTON_OIDC_CA_FILE", ""),
+            oidc_jwks_bearer_file=reader.str("LEPTON_OIDC_JWKS_BEARER_FILE", ""),
+            oidc_leeway_seconds=reader.float(
+                "LEPTON_OIDC_LEEWAY_SECONDS", 10.0, minimum=0.0, maximum=300.0
+            ),
             host=reader.str("LEPTON_HOST", "0.0.0.0"),
             port=reader.int("PORT", 8080, minimum=1, maximum=65535),
             functions_dir=Path(reader.str("LEPTON_FUNCTIONS_DIR", "functions")),
@@ -242,6 +265,7 @@ class Settings:
             poll_wait_seconds=reader.int("LEPTON_SQS_WAIT_SECONDS", 20, minimum=0, maximum=20),
             source_concurrency=reader.int("LEPTON_SOURCE_CONCURRENCY", 8, minimum=1, maximum=100),
             sink_timeout=reader.float("LEPTON_SINK_TIMEOUT", 30.0, minimum=0.1),
+            sink_token_file=Path(reader.str("LEPTON_SINK_TOKEN_FILE", "/oidc/token")),
             ce_overrides=reader.ce_overrides("K_CE_OVERRIDES"),
         )
         return settings.check()

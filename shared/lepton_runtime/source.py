@@ -3,11 +3,13 @@
 Two inputs, either or both:
 - an SQS queue of S3 (or MinIO/SNS/EventBridge) notifications, long-polled
   (LEPTON_SQS_QUEUE_URL, LEPTON_SQS_WAIT_SECONDS);
-- MinIO webhook POSTs (LEPTON_WEBHOOK_PORT, optional LEPTON_WEBHOOK_TOKEN bearer token).
+- MinIO webhook POSTs (LEPTON_WEBHOOK_PORT; LEPTON_WEBHOOK_TOKEN, the bearer token MinIO sends,
+  required unless the webhook listens on loopback only).
 
 Every S3 record becomes one CloudEvent (the CloudEvents AWS S3 adapter mapping, binary mode)
-POSTed to K_SINK; K_CE_OVERRIDES extensions are added, as the Knative SinkBinding and
-ContainerSource contract asks, so this runs unchanged as a ContainerSource and in the local stack.
+POSTed to K_SINK; K_CE_OVERRIDES extensions are added, as the Knative SinkBinding contract asks,
+so this runs unchanged in the minio overlay's Deployment (a SinkBinding injects K_SINK), as a
+ContainerSource, and in the local stack.
 
 Delivery is at least once. An SQS message is deleted only after the sink accepted (2xx) every
 record in it; otherwise it comes back after the queue's visibility timeout and, past the redrive
@@ -31,6 +33,7 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -41,6 +44,7 @@ from waitress import wasyncore
 from werkzeug.wrappers import Request, Response
 
 from lepton_runtime import jsonio
+from lepton_runtime.auth import sink_authorization
 from lepton_runtime.emit import binary_http, s3_object_event
 from lepton_runtime.errors import BadRequestError, ConfigurationError, LeptonError
 from lepton_runtime.events import find_records
@@ -82,12 +86,15 @@ class Forwarder:
         region: str = "",
         extensions: Mapping[str, str] | None = None,
         http: urllib3.PoolManager | None = None,
+        token_file: Path | None = None,
     ) -> None:
+        """`token_file`: the OIDC token a SinkBinding mounts for the sink (sent when present)."""
         if not sink.startswith(("http://", "https://")):
             raise ConfigurationError(f"K_SINK must be an http(s) URL, got {sink!r}")
         self.sink = sink
         self.region = region
         self.extensions = dict(extensions or {})
+        self.token_file = token_file
         self._timeout = urllib3.Timeout(total=timeout)
         self._http = http or urllib3.PoolManager(maxsize=8)
 
@@ -106,6 +113,7 @@ class Forwarder:
 
     def post(self, event: CloudEvent) -> None:
         headers, body = binary_http(event)
+        headers.update(sink_authorization(self.token_file))
         try:
             response = self._http.request(
                 "POST", self.sink, body=body, headers=headers, timeout=self._timeout, retries=False
@@ -355,6 +363,7 @@ class SourceAdapter:
             region=region or "",
             extensions=dict(settings.ce_overrides),
             http=http,
+            token_file=settings.sink_token_file,
         )
         self.poller = (
             SqsPoller(

@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from lepton_stack.state import (
+    OVERLAYS,
     Ports,
     StackLayout,
     StackNotRunningError,
@@ -44,7 +45,8 @@ def _layout(args: argparse.Namespace) -> StackLayout:
             for name in ("s3", "router", "infer", "train", "webhook")
         }
     )
-    return StackLayout(root=Path(args.state_dir).resolve(), ports=ports)
+    overlay = getattr(args, "overlay", None) or OVERLAYS[0]
+    return StackLayout(root=Path(args.state_dir).resolve(), ports=ports, overlay=overlay)
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -106,6 +108,7 @@ def _up_detached(args: argparse.Namespace, layout: StackLayout) -> int:
             str(layout.root),
             "up",
             "--quiet",
+            f"--overlay={layout.overlay}",
             *(f"--{name}-port={port}" for name, port in vars(layout.ports).items()),
         ],
         stdout=log,
@@ -552,6 +555,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"router: received {router['received']}, delivered {router['delivered']}, "
             f"retries {router['retries']}, dead-lettered {router['dead_letters']}"
         )
+        jobs = router.get("jobs") or {}
+        if jobs:
+            print(
+                f"jobs: running {jobs['running']}, created {jobs['created']}, "
+                f"succeeded {jobs['succeeded']}, failed {jobs['failed']}"
+            )
     except requests.RequestException:
         print("router: not answering")
     return 0
@@ -604,6 +613,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=900, help="seconds to wait for readiness (default 900)"
     )
     up.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
+    up.add_argument(
+        "--overlay",
+        choices=OVERLAYS,
+        default=OVERLAYS[0],
+        help="the knative/overlays/<name> whose Triggers and JobSinks the router serves "
+        "(as `make deploy OVERLAY=...`; default %(default)s)",
+    )
     for name, port in vars(Ports()).items():
         up.add_argument(
             f"--{name}-port",

@@ -2,10 +2,12 @@
 
 NOT a production broker. It keeps nothing durable of its own: an event is accepted (2xx) only
 after every matching Trigger's subscriber took it or it was dead-lettered, so until then the
-event stays in the SQS queue upstream. It reads the real Trigger and Broker objects from
-knative/ (filters, retries, backoff, timeouts, dead-letter sinks), delivers in binary mode over
-HTTP, and routes replies back through the Triggers, as Knative does. Dead letters are written as
-JSON files a person can read.
+event stays in the SQS queue upstream. It reads the Trigger and Broker objects of the overlay a
+user deploys (filters, retries, backoff, timeouts, dead-letter sinks), delivers in binary mode
+over HTTP to Services and hands events to JobSinks (a local Job per event, `jobs.JobRunner`),
+and routes replies back through the Triggers, as Knative does. With a signer, every delivery
+carries `Authorization: Bearer <JWT>` for the subscriber's audience, as a Broker does with
+Knative's OIDC feature on. Dead letters are written as JSON files a person can read.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +30,12 @@ from cloudevents.conversion import to_json
 from cloudevents.http import CloudEvent
 from werkzeug.wrappers import Request, Response
 
+from lepton_runtime.auth import EventAuthenticator
 from lepton_runtime.emit import binary_http, event_from_http
-from lepton_stack.triggers import Trigger
+from lepton_runtime.errors import UnauthorizedError
+from lepton_runtime.protocol import error_body
+from lepton_stack.jobs import JobRunner
+from lepton_stack.triggers import JOBSINK, Trigger, TriggerConfigError
 
 log = logging.getLogger("lepton.router")
 
@@ -65,9 +71,29 @@ class Router:
         triggers: list[Trigger],
         subscribers: Mapping[str, str],
         reply_workers: int = 4,
+        *,
+        jobs: JobRunner | None = None,
+        sign: Callable[[str], str] | None = None,
+        jwks: Mapping[str, Any] | None = None,
+        ingress_auth: EventAuthenticator | None = None,
     ) -> None:
+        """`jobs` runs the JobSinks' Jobs; `sign(audience)` makes a delivery's bearer token;
+        `jwks` is the signer's public key set, served at /openid/v1/jwks; `ingress_auth`
+        verifies the token of every event posted to the router, as a Broker's ingress does."""
+        for trigger in triggers:
+            if trigger.kind == JOBSINK and (
+                jobs is None or trigger.subscriber not in jobs.templates
+            ):
+                raise TriggerConfigError(
+                    f"trigger {trigger.name} subscribes the JobSink {trigger.subscriber}, "
+                    "which the router has no Job template for"
+                )
         self.triggers = triggers
         self.subscribers = dict(subscribers)
+        self.jobs = jobs
+        self.sign = sign
+        self.jwks = dict(jwks or {})
+        self.ingress_auth = ingress_auth
         self.stats = RouterStats()
         self._lock = threading.Lock()
         self._session = requests.Session()
@@ -85,6 +111,21 @@ class Router:
             raise KeyError(f"no local address for subscriber {name!r}")
         base = self.subscribers[name]
         return base.rstrip("/") + (slash + path if slash else "/") if "://" in base else base
+
+    def check_addresses(self) -> None:
+        """TriggerConfigError unless every Service subscriber and dead-letter sink of the
+        Triggers has a local address (the stack serves it): found at start-up, not per event."""
+        for trigger in self.triggers:
+            destinations = [trigger.delivery.dead_letter_sink]
+            if trigger.kind != JOBSINK:
+                destinations.append(trigger.subscriber)
+            for destination in filter(None, destinations):
+                try:
+                    self.resolve(destination)
+                except KeyError as exc:
+                    raise TriggerConfigError(
+                        f"trigger {trigger.name}: the local stack has {exc.args[0]}"
+                    ) from None
 
     def route(self, event: CloudEvent) -> list[DeliveryResult]:
         """Deliver `event` to every matching Trigger (in parallel); replies are routed after."""
@@ -111,10 +152,14 @@ class Router:
 
     def deliver(self, trigger: Trigger, event: CloudEvent) -> DeliveryResult:
         """One Trigger's delivery: attempts with backoff, then the dead-letter sink."""
+        if trigger.kind == JOBSINK:
+            return self._hand_to_jobsink(trigger, event)
         url = self.resolve(trigger.subscriber)
         delivery = trigger.delivery
         headers, body = binary_http(event)
         headers["Prefer"] = "reply"  # the data plane contract: Brokers announce reply support
+        if trigger.audience and self.sign is not None:
+            headers["Authorization"] = f"Bearer {self.sign(trigger.audience)}"
         status: int | None = None
         error = ""
         attempts = 0
@@ -155,6 +200,21 @@ class Router:
         self._dead_letter(trigger, event, url, status, error)
         return DeliveryResult(trigger.name, status, attempts, dead_lettered=True, error=error)
 
+    def _hand_to_jobsink(self, trigger: Trigger, event: CloudEvent) -> DeliveryResult:
+        """A JobSink answers 202 once the Job exists; the Job's own retries follow from there."""
+        assert self.jobs is not None  # checked in __init__
+        try:
+            job = self.jobs.submit(trigger.subscriber, event)
+        except OSError as exc:
+            error = f"cannot create the Job: {exc}"
+            log.warning("delivery failed", extra={"trigger": trigger.name, "error": error})
+            self._dead_letter(trigger, event, f"jobsink:{trigger.subscriber}", None, error)
+            return DeliveryResult(trigger.name, None, 1, dead_lettered=True, error=error)
+        with self._lock:
+            self.stats.delivered[trigger.name] += 1
+        log.info("job created", extra={"trigger": trigger.name, "job": job, "id": event["id"]})
+        return DeliveryResult(trigger.name, 202, 1)
+
     def _dead_letter(
         self, trigger: Trigger, event: CloudEvent, url: str, status: int | None, error: str
     ) -> None:
@@ -192,6 +252,8 @@ class Router:
     def stop(self) -> None:
         self._stopping.set()
         self._replies.shutdown(wait=False, cancel_futures=True)
+        if self.jobs is not None:
+            self.jobs.stop()
 
     # --- HTTP ingress (WSGI) ------------------------------------------------------------------
 
@@ -205,8 +267,20 @@ class Router:
             return Response("ok")
         if request.method == "GET" and request.path == "/status":
             return Response(json.dumps(self.status()), mimetype="application/json")
+        if request.method == "GET" and request.path == "/openid/v1/jwks" and self.jwks:
+            return Response(json.dumps(self.jwks), mimetype="application/json")
         if request.method != "POST":
             return Response(status=405)
+        if self.ingress_auth is not None:
+            try:
+                self.ingress_auth.verify(request.headers)
+            except UnauthorizedError as exc:
+                return Response(
+                    json.dumps(error_body(exc)),
+                    status=401,
+                    mimetype="application/json",
+                    headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+                )
         try:
             event = event_from_http(request.headers, request.get_data())
         except Exception as exc:  # the SDK raises several unrelated types for bad input
@@ -248,9 +322,15 @@ class Router:
                 "retries": dict(self.stats.retries),
                 "dead_letters": dict(self.stats.dead_letters),
                 "triggers": [
-                    {"name": t.name, "subscriber": t.subscriber, "retry": t.delivery.retry}
+                    {
+                        "name": t.name,
+                        "subscriber": t.subscriber,
+                        "kind": t.kind,
+                        "retry": t.delivery.retry,
+                    }
                     for t in self.triggers
                 ],
+                "jobs": self.jobs.status() if self.jobs is not None else {},
             }
 
 

@@ -1,9 +1,11 @@
 """`lepton up`: the whole pipeline on one machine.
 
 moto server (S3 + SQS on 127.0.0.1) -> buckets and bucket notifications to an SQS queue with a
-dead-letter queue -> the event-source adapter -> the development router (Triggers from knative/)
--> the inference and training functions as real parliament servers. The first model is trained
-from the bundled digits through the real path: the archive is uploaded, the training function
+dead-letter queue -> the event-source adapter -> the development router (the Broker, Triggers
+and JobSinks of the overlay `make deploy` applies, built with its components) -> the inference
+and training functions as real servers, and JobSink Jobs as local processes. Deliveries carry
+OIDC tokens of a per-stack issuer, which the functions verify. The first model is trained from
+the bundled digits through the real path: the archive is uploaded, the training function
 publishes, the inference function loads it.
 """
 
@@ -14,6 +16,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -24,8 +27,11 @@ import boto3
 import requests
 from botocore.config import Config
 
+from lepton_stack.oidc import LocalIssuer, write_private
 from lepton_stack.state import (
     ACCESS_KEY,
+    AUDIENCES,
+    BROKER_AUDIENCE,
     REGION,
     SECRET_KEY,
     StackLayout,
@@ -38,6 +44,8 @@ from lepton_stack.supervisor import Part, Supervisor
 log = logging.getLogger("lepton.stack")
 
 DLQ_MAX_RECEIVES = 5
+# How long the hand-held token in stack.json's event_headers lasts (the key dies with the stack).
+EVENT_HEADER_TOKEN_SECONDS = 7 * 24 * 3600
 
 
 class StackError(RuntimeError):
@@ -153,8 +161,9 @@ class LocalStack:
         self, layout: StackLayout, manifests: Path | None = None, functions: Path | None = None
     ) -> None:
         self.layout = layout
-        self.manifests = manifests or repo_root() / "knative" / "base"
+        self.manifests = manifests or repo_root() / "knative" / "overlays" / layout.overlay
         self.functions = functions or repo_root() / "functions"
+        self.event_headers: dict[str, str] = {}
         self.supervisor: Supervisor | None = None
         self.queues: dict[str, str] = {}
         self.model_version: str | None = None
@@ -182,6 +191,16 @@ class LocalStack:
             f"lepton-train={layout.url(ports.train)}",
             "--subscriber",
             f"lepton-dead-letters=dir:{layout.dead_letters}",
+            "--jobs-dir",
+            str(layout.jobs),
+            "--logs-dir",
+            str(logs),
+            "--job-env",
+            str(self._write_job_env()),
+            "--issuer-dir",
+            str(layout.oidc),
+            "--ingress-audience",
+            BROKER_AUDIENCE,
         ]
 
         def serve(role: str) -> Part:
@@ -215,6 +234,28 @@ class LocalStack:
                 logs / "source.log",
             ),
         ]
+
+    def _write_job_env(self) -> Path:
+        """The environment of JobSink Job pods: the training function's, without a port."""
+        env = self.layout.function_env("train")
+        for name in ("PORT", "LEPTON_OIDC_AUDIENCE", "LEPTON_OIDC_ISSUER", "LEPTON_OIDC_JWKS"):
+            env.pop(name, None)
+        path = self.layout.jobs / "env.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(env, indent=2))
+        return path
+
+    def _make_issuer(self) -> None:
+        """A new signing key for this stack, and the header that authorizes a hand-sent event
+        at both functions."""
+        issuer = LocalIssuer.create(self.layout.oidc, self.layout.issuer)
+        audiences = [BROKER_AUDIENCE, *sorted(AUDIENCES.values())]
+        token = issuer.token(audiences, EVENT_HEADER_TOKEN_SECONDS, "lepton-local-user")
+        self.event_headers = {"Authorization": f"Bearer {token}"}
+        # What the SinkBindings' OIDC volume holds on a cluster: the senders' token for the
+        # Broker (the router), for the event-source adapter and the training Jobs.
+        sink = issuer.token(BROKER_AUDIENCE, EVENT_HEADER_TOKEN_SECONDS, "lepton-local-source")
+        write_private(self.layout.sink_token, sink)
 
     def _moto(self) -> Part:
         return Part(
@@ -256,6 +297,10 @@ class LocalStack:
         self.check_free()
         self.layout.logs.mkdir(parents=True, exist_ok=True)
         self.layout.dead_letters.mkdir(parents=True, exist_ok=True)
+        # Jobs of an earlier stack are gone, as on a fresh cluster (a Job's name comes from its
+        # event's id, and an existing Job means "already handed over").
+        shutil.rmtree(self.layout.jobs, ignore_errors=True)
+        self._make_issuer()
         self._save()
         moto = self._moto()
         moto.start()
@@ -327,6 +372,10 @@ class LocalStack:
                 "models": layout.models,
             },
             "functions": {"infer": layout.url(ports.infer), "train": layout.url(ports.train)},
+            # What an event sent by hand needs at either function (a token of this stack's
+            # issuer, for both audiences).
+            "event_headers": self.event_headers,
+            "overlay": layout.overlay,
             "router": layout.url(ports.router),
             "webhook": layout.url(ports.webhook),
             "queues": self.queues,
@@ -350,6 +399,7 @@ class LocalStack:
 
     def shutdown(self) -> None:
         self.status = "stopping"
+        self.event_headers = {}  # the token dies with the stack
         if self.supervisor:
             self._save()
             self.supervisor.stop_all()
@@ -382,5 +432,7 @@ Or call the function directly:
   .venv/bin/lepton put {layout.samples}/*.png --wait
   eval "$(.venv/bin/lepton env)"   # point aws/boto3 in this shell at the stack
 Train a new version from a <label>/<image> folder:  .venv/bin/lepton train DIR
+  (archives under datasets/large/ train in a JobSink Job: .venv/bin/lepton logs lepton-train-job)
+Post an event by hand: add the header in "event_headers" of {layout.state_file}
 Stop: Ctrl-C here (or `.venv/bin/lepton down` for a detached stack).
 """

@@ -8,10 +8,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lepton_stack.oidc import JWKS_FILE
+
 REGION = "us-east-1"
 ACCESS_KEY = "test"  # moto accepts any credentials; these never leave the machine
 SECRET_KEY = "test"
 MODEL_NAME = "digits"
+OVERLAYS = ("minio", "aws")  # what `make deploy OVERLAY=...` takes; minio is its default
+# The OIDC audience of each function: its Knative Service name, which the Triggers in knative/
+# name as `spec.subscriber.audience` and Knative sets as K_SERVICE.
+AUDIENCES = {"infer": "lepton-infer", "train": "lepton-train"}
+# The router's, as Knative names a Broker's audience (eventing.knative.dev/broker/<ns>/<name>).
+BROKER_AUDIENCE = "eventing.knative.dev/broker/local/lepton"
 
 
 class StackNotRunningError(RuntimeError):
@@ -39,6 +47,7 @@ class StackLayout:
     models: str = "lepton-models"
     queue: str = "lepton-uploads-events"
     model: str = MODEL_NAME
+    overlay: str = OVERLAYS[0]  # the knative/overlays/<name> the router builds
     # Where the functions reach S3/SQS, when not directly (tests put a fault-injecting proxy here).
     function_endpoint: str | None = None
 
@@ -62,6 +71,26 @@ class StackLayout:
     def buckets(self) -> Path:
         """Where the buckets are kept between runs (lepton_stack.persistence)."""
         return self.root / "buckets"
+
+    @property
+    def jobs(self) -> Path:
+        """JobSink Jobs: one folder per Job, holding its event file."""
+        return self.root / "jobs"
+
+    @property
+    def oidc(self) -> Path:
+        """The local OIDC issuer's key (private) and key set (public)."""
+        return self.root / "oidc"
+
+    @property
+    def sink_token(self) -> Path:
+        """The token senders to the router present: what a SinkBinding mounts at /oidc/token."""
+        return self.oidc / "sink-token"
+
+    @property
+    def issuer(self) -> str:
+        """The `iss` of the tokens the router signs: the router's address."""
+        return self.url(self.ports.router)
 
     def url(self, port: int) -> str:
         return f"http://{self.host}:{port}"
@@ -92,6 +121,11 @@ class StackLayout:
             "LEPTON_HOST": self.host,
             "LEPTON_WEBHOOK_HOST": self.host,
         }
+        if role in AUDIENCES:
+            # Events are verified as on a cluster with Knative's OIDC feature on.
+            env["LEPTON_OIDC_ISSUER"] = self.issuer
+            env["LEPTON_OIDC_JWKS"] = str(self.oidc / JWKS_FILE)
+            env["LEPTON_OIDC_AUDIENCE"] = AUDIENCES[role]
         if role == "infer":
             env["PORT"] = str(self.ports.infer)
             env["LEPTON_MODEL_CACHE_DIR"] = str(self.root / "cache" / "infer")
@@ -104,6 +138,8 @@ class StackLayout:
             env["LEPTON_SQS_WAIT_SECONDS"] = "2"
             # The router answers once the function has the event: a training takes a while.
             env["LEPTON_SINK_TIMEOUT"] = "1800"
+        if role in ("source", "train"):  # the adapter, and training Jobs announcing models
+            env["LEPTON_SINK_TOKEN_FILE"] = str(self.sink_token)
         return env
 
 

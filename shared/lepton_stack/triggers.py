@@ -2,7 +2,9 @@
 
 Supports `spec.filter.attributes` (exact match) and the new `spec.filters` dialects exact,
 prefix, suffix, all, any and not. When `filters` is set, `filter` is ignored (as in Knative).
-CESQL is not supported by this development router and is refused when the manifests are read.
+CESQL is not supported by this development router and is refused when the manifests are read,
+and so is a subscriber of a kind the router cannot deliver to (it delivers to Knative Services
+over HTTP and runs JobSink Jobs itself): the router never silently drops what a cluster routes.
 """
 
 from __future__ import annotations
@@ -21,6 +23,17 @@ Predicate = Callable[[Attributes], bool]
 
 class TriggerConfigError(ValueError):
     """A manifest the development router cannot honour."""
+
+
+# The subscriber kinds the development router delivers to, by (API group, kind): a Knative
+# Service (or a plain Kubernetes Service) gets an HTTP POST; a JobSink gets a Job run locally.
+SERVICE = "Service"
+JOBSINK = "JobSink"
+SUBSCRIBER_KINDS = {
+    ("serving.knative.dev", "Service"): SERVICE,
+    ("", "Service"): SERVICE,
+    ("sinks.knative.dev", "JobSink"): JOBSINK,
+}
 
 
 @dataclass(frozen=True)
@@ -57,10 +70,12 @@ class Delivery:
 class Trigger:
     name: str
     broker: str
-    subscriber: str  # a Service name (ref) or an absolute URI
+    subscriber: str  # a Service or JobSink name (ref), or an absolute URI
     matches: Predicate
     delivery: Delivery
     description: str = ""
+    kind: str = SERVICE  # SERVICE or JOBSINK
+    audience: str | None = None  # the OIDC audience the Broker's token is issued for
 
 
 def _seconds(value: str | None) -> float | None:
@@ -72,11 +87,27 @@ def _seconds(value: str | None) -> float | None:
         raise TriggerConfigError(f"invalid ISO 8601 duration {value!r}") from exc
 
 
+def ref_kind(ref: Mapping[str, Any]) -> str:
+    """SERVICE or JOBSINK for a destination's ref; TriggerConfigError for any other kind."""
+    group = str(ref.get("apiVersion", "")).rpartition("/")[0]
+    kind = str(ref.get("kind", ""))
+    if "apiVersion" not in ref and kind == "Service":
+        group = "serving.knative.dev"
+    try:
+        return SUBSCRIBER_KINDS[(group, kind)]
+    except KeyError:
+        raise TriggerConfigError(
+            f"the development router cannot deliver to {ref.get('apiVersion', '?')} {kind} "
+            f"{ref.get('name')!r}: it serves Knative Services and JobSinks only"
+        ) from None
+
+
 def _destination(spec: Mapping[str, Any] | None) -> str | None:
     if not spec:
         return None
     ref = spec.get("ref")
     if ref:
+        ref_kind(ref)
         name = str(ref["name"])
         uri = spec.get("uri")
         return f"{name}{uri}" if uri else name
@@ -150,10 +181,17 @@ def trigger_predicate(spec: Mapping[str, Any]) -> Predicate:
 
 
 def read_manifests(paths: Iterable[Path]) -> list[dict[str, Any]]:
-    """Every YAML document in the given files and folders (recursively, *.yaml/*.yml)."""
+    """Every object in the given files and folders: a folder holding a kustomization is built
+    (the overlay `make deploy` applies, components included); any other folder is read
+    recursively (*.yaml/*.yml)."""
+    from lepton_stack.kustomize import KUSTOMIZATION_FILES, render
+
     documents: list[dict[str, Any]] = []
-    for path in paths:
-        files = sorted(Path(path).rglob("*.y*ml")) if Path(path).is_dir() else [Path(path)]
+    for path in map(Path, paths):
+        if path.is_dir() and any((path / name).is_file() for name in KUSTOMIZATION_FILES):
+            documents.extend(render(path))
+            continue
+        files = sorted(path.rglob("*.y*ml")) if path.is_dir() else [path]
         for file in files:
             for doc in yaml.safe_load_all(file.read_text()):
                 if isinstance(doc, dict):
@@ -162,8 +200,13 @@ def read_manifests(paths: Iterable[Path]) -> list[dict[str, Any]]:
 
 
 def load_triggers(paths: Iterable[Path], broker: str | None = None) -> list[Trigger]:
-    """The Triggers of `broker` (or of the only broker) with the Broker's delivery defaults."""
-    documents = read_manifests(paths)
+    """The Triggers of `broker` (or of every broker) with the Broker's delivery defaults."""
+    return triggers_of(read_manifests(paths), broker)
+
+
+def triggers_of(documents: Iterable[Mapping[str, Any]], broker: str | None = None) -> list[Trigger]:
+    """The Triggers among `documents` (objects of a build), compiled for the router."""
+    documents = list(documents)
     brokers = {
         d["metadata"]["name"]: parse_delivery((d.get("spec") or {}).get("delivery"))
         for d in documents
@@ -179,16 +222,24 @@ def load_triggers(paths: Iterable[Path], broker: str | None = None) -> list[Trig
         default = brokers.get(spec.get("broker"))
         own = parse_delivery(spec.get("delivery"))
         delivery = own.merged_over(default) if own else (default or Delivery())
-        subscriber = _destination(spec.get("subscriber"))
+        name = str(doc["metadata"]["name"])
+        subscriber_spec = spec.get("subscriber") or {}
+        try:
+            subscriber = _destination(subscriber_spec)
+        except TriggerConfigError as exc:
+            raise TriggerConfigError(f"trigger {name}: {exc}") from exc
         if subscriber is None:
-            raise TriggerConfigError(f"trigger {doc['metadata']['name']} has no subscriber")
+            raise TriggerConfigError(f"trigger {name} has no subscriber")
+        ref = subscriber_spec.get("ref")
         triggers.append(
             Trigger(
-                name=str(doc["metadata"]["name"]),
+                name=name,
                 broker=str(spec.get("broker")),
                 subscriber=subscriber,
                 matches=trigger_predicate(spec),
                 delivery=delivery,
+                kind=ref_kind(ref) if ref else SERVICE,
+                audience=subscriber_spec.get("audience"),
             )
         )
     return triggers

@@ -633,3 +633,110 @@ def test_every_yaml_file_under_knative_is_built_or_an_example(
         for doc in yaml.safe_load_all(path.read_text()):
             if isinstance(doc, dict):
                 assert (doc["kind"], doc["metadata"]["name"]) in built, Path(path).name
+
+
+# -- one suffix list, authenticated deliveries, jobs, polling -----------------------------------
+
+
+def _suffixes(expression: Any) -> set[str]:
+    found: set[str] = set()
+    if isinstance(expression, dict):
+        for dialect, body in expression.items():
+            if dialect == "suffix":
+                found.add(body["subject"])
+            elif dialect != "not":
+                found |= _suffixes(body)
+    elif isinstance(expression, list):
+        for item in expression:
+            found |= _suffixes(item)
+    return found
+
+
+def test_dataset_triggers_accept_exactly_the_archive_suffixes_the_code_reads(build: Build) -> None:
+    from lepton_model.datasets import ARCHIVE_SUFFIXES
+    from lepton_runtime.training.requests import MANIFEST_NAME
+
+    expected = {*ARCHIVE_SUFFIXES, f"/{MANIFEST_NAME}"}
+    dataset_triggers = [
+        t
+        for t in build.of_kind("Trigger")
+        if subscriber_name(t) in ("lepton-train", "lepton-train-job")
+        and "filters" in t["spec"]
+        and _suffixes(t["spec"]["filters"])
+    ]
+    if build.name != "overlays/aws":  # aws routes by queue; its notification filters below
+        assert dataset_triggers
+    for trigger in dataset_triggers:
+        assert _suffixes(trigger["spec"]["filters"]) == expected, trigger["metadata"]["name"]
+
+
+def test_s3_notifications_send_exactly_the_archive_suffixes_the_code_reads() -> None:
+    from lepton_model.datasets import ARCHIVE_SUFFIXES
+    from lepton_runtime.training.requests import MANIFEST_NAME
+
+    config = json.loads((REPO / "knative/overlays/aws/s3-notifications.json").read_text())
+    suffixes = {
+        rule["Value"]
+        for queue in config["QueueConfigurations"]
+        for rule in queue["Filter"]["Key"]["FilterRules"]
+        if rule["Name"] == "suffix"
+    }
+    assert suffixes == {*ARCHIVE_SUFFIXES, f"/{MANIFEST_NAME}"}
+
+
+def test_every_dataset_key_the_triggers_route_maps_to_a_training(build: Build) -> None:
+    from lepton_model.datasets import ARCHIVE_SUFFIXES
+    from lepton_runtime.training.requests import dataset_source_for_key
+
+    datasets = Settings().datasets
+    for folder in ("datasets/", "datasets/large/", "datasets/large/team/"):
+        for key in [f"{folder}set{s}" for s in ARCHIVE_SUFFIXES] + [f"{folder}set/manifest.json"]:
+            attributes = {"type": "com.amazonaws.s3.ObjectCreated:Put", "subject": key}
+            if routes(build, attributes) & {"lepton-train", "lepton-train-job"}:
+                source = dataset_source_for_key(datasets, datasets.bucket, key)
+                assert source is not None and source.name == "set", key
+
+
+def test_deliveries_to_the_functions_are_issued_for_their_own_audience(build: Build) -> None:
+    # With authentication-oidc on, the Broker's token carries the Trigger's subscriber audience;
+    # the function checks it against its K_SERVICE, which Knative sets to the Service's name.
+    for trigger in build.of_kind("Trigger"):
+        subscriber = trigger["spec"]["subscriber"]
+        if subscriber["ref"]["kind"] == "Service":
+            assert subscriber.get("audience") == subscriber["ref"]["name"], trigger["metadata"]
+
+
+def test_the_functions_verify_event_tokens(build: Build) -> None:
+    for name in FUNCTION_SERVICES:
+        env = environment(build, main_container(knative_service(build, name)))
+        settings = Settings.from_env({**{k: v for k, v in env.items() if v}, "K_SERVICE": name})
+        assert settings.event_auth == "oidc" and settings.oidc_audience == name
+        assert settings.oidc_issuer.startswith("https://")
+        # The API server's JWKS over https with the pod's own CA bundle and token.
+        assert settings.oidc_jwks.startswith("https://") and settings.oidc_ca_file
+        assert settings.oidc_jwks_bearer_file
+
+
+def test_a_permanent_training_failure_fails_the_job_without_retry(minio: Build) -> None:
+    from lepton_runtime.training.job import EXIT_FAILED, EXIT_RETRY
+
+    (jobsink,) = minio.of_kind("JobSink")
+    rules = jobsink["spec"]["job"]["spec"]["podFailurePolicy"]["rules"]
+    fail_codes = {
+        code
+        for rule in rules
+        if rule["action"] == "FailJob"
+        for code in rule["onExitCodes"]["values"]
+    }
+    assert EXIT_FAILED in fail_codes and EXIT_RETRY not in fail_codes
+
+
+def test_the_images_source_polls_greedily(aws: Build) -> None:
+    sources = {
+        s["metadata"]["name"]: s["spec"]["aws"]["sqs"] for s in aws.of_kind("IntegrationSource")
+    }
+    images = sources["lepton-uploads-images"]
+    assert images["greedy"] is True and images["maxMessagesPerPoll"] == 10
+    assert images["delay"] <= 100
+    readme = (REPO / "knative" / "README.md").read_text()
+    assert "bench/event_replica.py" in readme and "10,000 uploads" in readme

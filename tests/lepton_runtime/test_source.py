@@ -115,6 +115,18 @@ def test_forwarder_adds_ce_override_extensions(sink: Sink) -> None:
     assert sink.events()[0]["cluster"] == "dev"
 
 
+def test_forwarder_presents_the_oidc_token_a_sinkbinding_mounts(sink: Sink, tmp_path) -> None:
+    token = tmp_path / "token"
+    forwarder = Forwarder(sink.url, timeout=2, token_file=token)
+    forwarder.forward(load("s3_object_created.json"))  # no file (OIDC off): no header
+    token.write_text("first\n")
+    forwarder.forward(load("s3_object_created.json"))
+    token.write_text("refreshed")  # Knative renews the file: the next POST reads it again
+    forwarder.forward(load("s3_object_created.json"))
+    sent = [headers.get("Authorization") for headers, *_ in sink.requests]
+    assert sent == [None, "Bearer first", "Bearer refreshed"]
+
+
 def test_forwarder_raises_when_the_sink_refuses(sink: Sink) -> None:
     sink.default = 500
     with pytest.raises(DeliveryError, match="500"):

@@ -164,6 +164,7 @@ def test_up_detach_passes_the_chosen_ports_to_the_background_stack(
     assert command[command.index("up") :] == [
         "up",
         "--quiet",
+        "--overlay=minio",
         "--s3-port=14566",
         "--router-port=8090",
         "--infer-port=18081",

@@ -480,9 +480,10 @@ def test_status_counts_received_delivered_retried_and_dead_lettered(
         "retries": {"images": 1},
         "dead_letters": {"datasets": 1},
         "triggers": [
-            {"name": "images", "subscriber": "good", "retry": 3},
-            {"name": "datasets", "subscriber": "bad", "retry": 3},
+            {"name": "images", "subscriber": "good", "kind": "Service", "retry": 3},
+            {"name": "datasets", "subscriber": "bad", "kind": "Service", "retry": 3},
         ],
+        "jobs": {},
     }
 
 

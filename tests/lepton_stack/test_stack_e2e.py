@@ -351,6 +351,139 @@ def test_a_dataset_notification_delivered_twice_trains_once(stack: LocalStack, s
     assert versions() == before
 
 
+def test_a_large_dataset_trains_in_a_jobsink_job_and_goes_live(
+    stack: LocalStack, s3: Any, pngs
+) -> None:
+    # The JobSink path of the overlay `make deploy` applies: the Trigger sends datasets/large/
+    # to the JobSink, the router runs its Job, the Job publishes and announces the model.
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in digits.digit_files(size=40):  # new content: a new training
+            archive.writestr(name, data)
+    infer = stack.layout.url(stack.layout.ports.infer)
+    router = stack.layout.url(stack.layout.ports.router)
+
+    def live() -> str:
+        status = requests.get(f"{infer}/v1/models/digits", timeout=5).json()
+        return str(status["model_version_status"][0]["version"])
+
+    before = live()
+    upload(s3, "datasets/large/digits.zip", buffer.getvalue())
+    deadline = time.monotonic() + 300
+    while live() == before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    version = live()
+    assert version != before
+    deadline = time.monotonic() + 60  # the model is live before the Job's process exits
+    while time.monotonic() < deadline:
+        jobs = requests.get(f"{router}/status", timeout=5).json()["jobs"]
+        if not jobs["running"]:
+            break
+        time.sleep(0.2)
+    assert jobs["created"] == {"lepton-train-job": 1}
+    assert jobs["succeeded"] == {"lepton-train-job": 1}
+    log = (stack.layout.logs / "lepton-train-job.log").read_text()
+    assert '"model published"' in log and version in log
+    assert not (stack.layout.logs / "train.log").read_text().count(version)  # not the Service
+    upload(s3, "images/after-large.png", pngs[6][5])
+    result = wait_results(s3, ["images/after-large.png"])["images/after-large.png"]
+    assert result["model"]["version"] == version
+
+
+def test_an_anonymous_event_is_refused_and_the_stacks_headers_make_it_work(
+    stack: LocalStack, s3: Any, pngs
+) -> None:
+    key = "images/by-hand.png"
+    notifications = s3.get_bucket_notification_configuration(Bucket="lepton-uploads")
+    notifications.pop("ResponseMetadata", None)
+    s3.put_bucket_notification_configuration(  # this upload is sent by hand only
+        Bucket="lepton-uploads", NotificationConfiguration={}
+    )
+    try:
+        etag = upload(s3, key, pngs[8][6])
+    finally:
+        s3.put_bucket_notification_configuration(
+            Bucket="lepton-uploads", NotificationConfiguration=notifications
+        )
+    notification = {
+        "Records": [
+            {
+                "eventName": "ObjectCreated:Put",
+                "s3": {"bucket": {"name": "lepton-uploads"}, "object": {"key": key, "eTag": etag}},
+            }
+        ]
+    }
+    state = json.loads(stack.layout.state_file.read_text())
+    infer, train = state["functions"]["infer"], state["functions"]["train"]
+
+    refused = requests.post(f"{infer}/", json=notification, timeout=30)
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "unauthorized"
+    with pytest.raises(s3.exceptions.ClientError):
+        s3.head_object(Bucket="lepton-results", Key=f"{key}.json")
+    assert (
+        requests.post(f"{train}/", json={"dataset": "datasets/digits.zip"}, timeout=30).status_code
+        == 401
+    )
+
+    accepted = requests.post(
+        f"{infer}/", json=notification, headers=state["event_headers"], timeout=30
+    )
+    assert accepted.status_code == 200
+    assert accepted.headers["ce-type"] == "ai.lepton.inference.completed"
+    assert label(wait_results(s3, [key])[key]) == "8"
+
+
+def _descendants(pid: int) -> set[int]:
+    found = {pid}
+    for child in Path(f"/proc/{pid}/task").glob("*/children"):
+        for text in child.read_text().split():
+            found |= _descendants(int(text))
+    return found
+
+
+def _listening(pids: set[int]) -> list[tuple[str, int]]:
+    """(address, port) of every TCP socket in LISTEN state the processes hold."""
+    inodes: set[str] = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    found = []
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                address, port = fields[1].split(":")
+                raw = bytes.fromhex(address)
+                if width == 8:
+                    text = socket.inet_ntop(socket.AF_INET, raw[::-1])
+                else:
+                    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+                    text = socket.inet_ntop(socket.AF_INET6, words)
+                found.append((text, int(port, 16)))
+    return found
+
+
+def test_every_port_of_the_stack_listens_on_loopback_only(stack: LocalStack) -> None:
+    pids: set[int] = set()
+    for part in stack.supervisor.parts:  # type: ignore[union-attr]
+        assert part.pid is not None
+        pids |= _descendants(part.pid)
+    sockets = _listening(pids)
+    ports = stack.layout.ports
+    assert {port for _, port in sockets} >= {
+        ports.s3,
+        ports.router,
+        ports.infer,
+        ports.train,
+        ports.webhook,
+    }
+    assert {address for address, _ in sockets} == {"127.0.0.1"}, sockets
+
+
 def test_cli_up_detach_and_down_leave_nothing_behind(tmp_path: Path) -> None:
     ports = [free_port() for _ in range(5)]
     names = ("s3", "router", "infer", "train", "webhook")
@@ -363,6 +496,8 @@ def test_cli_up_detach_and_down_leave_nothing_behind(tmp_path: Path) -> None:
     assert up.returncode == 0, up.stderr
     assert "is live" in up.stdout
     state = json.loads((tmp_path / ".lepton" / "stack.json").read_text())
+    assert state["event_headers"]["Authorization"].startswith("Bearer ")
+    assert state["overlay"] == "minio"
     assert set(state) >= {
         "s3_endpoint",
         "region",

@@ -19,6 +19,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from lepton_model.classifier import Classifier
 from lepton_model.errors import ImageError
 from lepton_runtime import codecs, jsonio
+from lepton_runtime.auth import EventAuthenticator
 from lepton_runtime.emit import (
     INFERENCE_COMPLETED,
     INFERENCE_FAILED,
@@ -90,8 +91,13 @@ class InferenceService:
         storage: Storage,
         registry: ModelRegistry | None = None,
         metrics: FunctionMetrics | None = None,
+        *,
+        auth: EventAuthenticator | None = None,
     ) -> None:
+        """`auth` verifies events; `from_env` (the function's wiring) always builds it from
+        the settings, so a served function authenticates unless LEPTON_EVENT_AUTH=off."""
         self.settings = settings
+        self.auth = auth
         self.storage = storage
         self.metrics = metrics or FunctionMetrics("infer")
         self.registry = registry or ModelRegistry(
@@ -103,7 +109,8 @@ class InferenceService:
     @classmethod
     def from_env(cls) -> InferenceService:
         settings = Settings.from_env()
-        return cls(settings, Storage.from_settings(settings))
+        auth = EventAuthenticator.from_settings(settings)
+        return cls(settings, Storage.from_settings(settings), auth=auth)
 
     # lifecycle hooks used by lepton_runtime.server
     def start(self) -> None:
@@ -153,6 +160,7 @@ class InferenceService:
         if request.method != "POST":
             return Work("other", self._describe)
         if cloud_event is not None:
+            self._authenticate(request)
             return Work(
                 "event",
                 lambda: self._event(parse_cloudevent(cloud_event)),
@@ -169,6 +177,7 @@ class InferenceService:
         ):
             payload = self._json(body)
             if looks_like_event(payload):
+                self._authenticate(request)
                 return Work(
                     "event",
                     lambda: self._event(parse_json(payload)),
@@ -183,6 +192,12 @@ class InferenceService:
             f"unsupported content type {mtype or '(none)'!r}; send image/*, "
             "multipart/form-data, application/json or a CloudEvent"
         )
+
+    def _authenticate(self, request: Request) -> None:
+        """Events name objects to read: only a sender with a valid token may (401 before any
+        read); images and TF-Serving requests carry their data and stay open."""
+        if self.auth is not None:
+            self.auth.verify(request.headers)
 
     def _failure(self, origin: str, subject: str | None = None) -> Any:
         return failure_reply(INFERENCE_FAILED, self.event_source, origin, subject)

@@ -14,6 +14,7 @@ from pathlib import Path
 import requests
 from cloudevents.http import from_json
 
+from lepton_runtime.auth import sink_authorization
 from lepton_runtime.emit import binary_http
 from lepton_runtime.errors import LeptonError, is_retryable
 from lepton_runtime.events import parse_cloudevent
@@ -43,8 +44,13 @@ def run_job(service: TrainingService, event_file: Path = JOBSINK_EVENT_FILE) -> 
         log.error("training job failed", extra={"error": str(exc), "code": exc.code})
         return EXIT_RETRY if is_retryable(exc) else EXIT_FAILED
     if not outcomes:
-        log.info("nothing to train for this event", extra={"id": event["id"]})
-        return EXIT_OK
+        # The Triggers route only datasets here: an event that names none is a routing fault,
+        # which must not look like a finished training.
+        log.error(
+            "the event names no dataset to train on",
+            extra={"id": event["id"], "type": event["type"]},
+        )
+        return EXIT_FAILED
     for outcome in outcomes:
         _send(service, outcome)
     return EXIT_OK if all(o.ok for o in outcomes) else EXIT_FAILED
@@ -55,6 +61,8 @@ def _send(service: TrainingService, outcome) -> None:  # type: ignore[no-untyped
     if not sink:
         return
     headers, body = binary_http(service.reply(outcome))
+    # The SinkBinding's OIDC token for the Broker, when Knative mounted one.
+    headers.update(sink_authorization(service.settings.sink_token_file))
     try:
         requests.post(
             sink, data=body, headers=headers, timeout=service.settings.sink_timeout

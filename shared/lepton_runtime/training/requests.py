@@ -9,13 +9,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lepton_model.datasets import MANIFEST_NAME
+from lepton_model.datasets import ARCHIVE_SUFFIXES, MANIFEST_NAME
 from lepton_model.spec import ModelSpec, Preprocessing
 from lepton_model.training import TrainingConfig
 from lepton_runtime.errors import BadRequestError
 from lepton_runtime.settings import Location
 
-ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _TRAINING_FIELDS = (
     "epochs",
@@ -84,19 +83,23 @@ class TrainingRequest:
 
 def dataset_source_for_key(datasets: Location, bucket: str, key: str) -> DatasetSource | None:
     """Map an uploaded key to a dataset, or None for keys that do not start a training
-    (the individual images of a folder dataset: only its manifest.json does)."""
+    (the individual images of a folder dataset: only its manifest.json does).
+
+    At any depth under the datasets prefix, as the Triggers route them (`datasets/large/` goes
+    to the JobSink): `<any/path/>name.zip` (or another of ARCHIVE_SUFFIXES) is the archive
+    dataset `name`; `<any/path/>name/manifest.json` is the folder dataset `name`.
+    """
     if not datasets.contains(bucket, key):
         return None
     rest = key[len(datasets.prefix) :]
-    lowered = rest.lower()
-    if "/" not in rest:
-        for suffix in ARCHIVE_SUFFIXES:
-            if lowered.endswith(suffix) and len(rest) > len(suffix):
-                return DatasetSource("archive", bucket, key, name=rest[: -len(suffix)])
-        return None
     folder, _, filename = rest.rpartition("/")
-    if filename == MANIFEST_NAME and "/" not in folder and folder:
-        return DatasetSource("folder", bucket, key, prefix=datasets.key(folder + "/"), name=folder)
+    lowered = filename.lower()
+    for suffix in ARCHIVE_SUFFIXES:
+        if lowered.endswith(suffix) and len(filename) > len(suffix):
+            return DatasetSource("archive", bucket, key, name=filename[: -len(suffix)])
+    if filename == MANIFEST_NAME and folder:
+        name = folder.rpartition("/")[2]
+        return DatasetSource("folder", bucket, key, prefix=datasets.key(folder + "/"), name=name)
     return None
 
 

@@ -35,6 +35,7 @@ from lepton_model.datasets import MANIFEST_NAME
 from lepton_model.errors import DatasetError, LeptonModelError
 from lepton_model.input_choice import InputChoice, choose_input
 from lepton_runtime import codecs, jsonio
+from lepton_runtime.auth import EventAuthenticator
 from lepton_runtime.emit import MODEL_PUBLISHED, TRAINING_FAILED, reply_event
 from lepton_runtime.errors import (
     BadRequestError,
@@ -112,10 +113,18 @@ class TrainingService:
     max_workers = 1  # one training at a time per instance (containerConcurrency 1)
 
     def __init__(
-        self, settings: Settings, storage: Storage, metrics: FunctionMetrics | None = None
+        self,
+        settings: Settings,
+        storage: Storage,
+        metrics: FunctionMetrics | None = None,
+        *,
+        auth: EventAuthenticator | None = None,
     ) -> None:
+        """`auth` verifies requests; `from_env` (the function's wiring) always builds it from
+        the settings. A training Job (`lepton train-job`) takes no requests and has none."""
         self.settings = settings
         self.storage = storage
+        self.auth = auth
         self.store = ModelStore(storage, settings.models)
         # Who holds a run's lease: unique per process, readable in the run record.
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -129,7 +138,8 @@ class TrainingService:
     @classmethod
     def from_env(cls) -> TrainingService:
         settings = Settings.from_env()
-        return cls(settings, Storage.from_settings(settings))
+        auth = EventAuthenticator.from_settings(settings)
+        return cls(settings, Storage.from_settings(settings), auth=auth)
 
     def start(self) -> None:
         log.info("training devices", extra={"devices": _devices()})
@@ -152,6 +162,10 @@ class TrainingService:
     def _route(self, request: Request, cloud_event: Any) -> Work:
         if request.method != "POST":
             return Work("other", self._describe)
+        # Every POST reads a dataset or publishes a model (arrays too): only a sender with a
+        # valid token may ask (401 before anything is read).
+        if self.auth is not None:
+            self.auth.verify(request.headers)
         if cloud_event is not None:
             return Work(
                 "event",

@@ -48,7 +48,7 @@ def _workers(pid: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def served(moto_server: str, model_dir: Path, tmp_path_factory) -> Iterator[dict[str, Any]]:
+def served(moto_server: str, model_dir: Path, tmp_path_factory, oidc) -> Iterator[dict[str, Any]]:
     credentials = {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -71,6 +71,7 @@ def served(moto_server: str, model_dir: Path, tmp_path_factory) -> Iterator[dict
     env = {
         **os.environ,
         **credentials,
+        **oidc.env("lepton-infer"),
         "PORT": str(port),
         "AWS_ENDPOINT_URL": moto_server,
         "LEPTON_MODELS_BUCKET": bucket,
@@ -94,7 +95,13 @@ def served(moto_server: str, model_dir: Path, tmp_path_factory) -> Iterator[dict
         assert time.monotonic() < deadline, "the function never became ready"
         time.sleep(0.2)
     time.sleep(1.0)  # both workers load their model
-    yield {"process": process, "url": url, "port": int(url.rsplit(":", 1)[1]), "moto": moto_server}
+    yield {
+        "process": process,
+        "url": url,
+        "port": int(url.rsplit(":", 1)[1]),
+        "moto": moto_server,
+        "auth": oidc.headers("lepton-infer", exp=int(time.time()) + 3600),
+    }
     peaks = {pid: _vm_hwm_mb(pid) for pid in _workers(process.pid)}
     print(f"\nworker peak resident memory (VmHWM, MB): {peaks}")
     process.send_signal(signal.SIGTERM)
@@ -295,7 +302,9 @@ def test_an_event_naming_thousands_of_objects_is_refused_before_reading(served) 
         "eventName": "ObjectCreated:Put",
         "s3": {"bucket": {"name": "hostile-uploads"}, "object": {"key": "images/x.png"}},
     }
-    response, seconds = _timed_post(served["url"] + "/", json={"Records": [record] * 5000})
+    response, seconds = _timed_post(
+        served["url"] + "/", json={"Records": [record] * 5000}, headers=served["auth"]
+    )
     assert seconds < ANSWER_SECONDS
     assert response.status_code == 200  # permanent: the failed reply, not retried
     assert response.headers["ce-type"] == "ai.lepton.inference.failed"
@@ -344,7 +353,7 @@ def test_the_hostile_images_at_once_as_bodies_forms_and_events(served) -> None:
         requests_to_send += [
             {"data": data, "headers": {"Content-Type": "application/octet-stream"}},
             {"files": {"image": (name, data, "application/octet-stream")}},
-            {"json": {"Records": [record]}},
+            {"json": {"Records": [record]}, "headers": served["auth"]},
         ]
 
     def send(kwargs: dict[str, Any]) -> tuple[int, float]:

@@ -148,10 +148,13 @@ def buckets(moto_endpoint: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def train_server(buckets: dict[str, str], moto_endpoint: str, serve_function) -> tuple[int, str]:
+def train_server(
+    buckets: dict[str, str], moto_endpoint: str, serve_function, oidc
+) -> tuple[int, str]:
     process, url = serve_function(
         FUNCTION_DIR,
         {
+            **oidc.env("lepton-train"),
             "LEPTON_UPLOADS_BUCKET": buckets["uploads"],
             "LEPTON_RESULTS_BUCKET": buckets["results"],
             "LEPTON_MODELS_BUCKET": buckets["models"],
@@ -170,9 +173,10 @@ def train_server(buckets: dict[str, str], moto_endpoint: str, serve_function) ->
 
 
 def test_archive_bombs_are_answered_cleanly_in_bounded_time_and_memory(
-    train_server: tuple[int, str], buckets: dict[str, str]
+    train_server: tuple[int, str], buckets: dict[str, str], oidc
 ) -> None:
     pid, url = train_server
+    auth = oidc.headers("lepton-train")
     uploads = buckets["uploads"]
     client = boto3.client("s3")
     normal = small_dataset()
@@ -185,14 +189,16 @@ def test_archive_bombs_are_answered_cleanly_in_bounded_time_and_memory(
     for name, (_, expected) in BOMBS.items():
         key = f"datasets/{name}"
         started = time.monotonic()
-        answer = requests.post(url, json={"dataset": f"s3://{uploads}/{key}"}, timeout=120)
+        answer = requests.post(
+            url, json={"dataset": f"s3://{uploads}/{key}"}, headers=auth, timeout=120
+        )
         timings[f"http {name}"] = time.monotonic() - started
         assert answer.status_code == 422, (name, answer.text)
         assert answer.headers["Content-Type"] == "application/json"
         assert expected in json.dumps(answer.json()), (name, answer.text)
 
         started = time.monotonic()
-        answer = requests.post(url, json=s3_event(uploads, key), timeout=120)
+        answer = requests.post(url, json=s3_event(uploads, key), headers=auth, timeout=120)
         timings[f"event {name}"] = time.monotonic() - started
         assert answer.status_code == 200, (name, answer.text)
         assert answer.headers["ce-type"] == "ai.lepton.training.failed"
@@ -208,7 +214,10 @@ def test_archive_bombs_are_answered_cleanly_in_bounded_time_and_memory(
 
     assert requests.get(f"{url}/health/readiness", timeout=5).ok
     trained = requests.post(
-        url, json={"dataset": f"s3://{uploads}/datasets/normal.zip", "epochs": 1}, timeout=300
+        url,
+        json={"dataset": f"s3://{uploads}/datasets/normal.zip", "epochs": 1},
+        headers=auth,
+        timeout=300,
     )
     assert trained.status_code == 200, trained.text
     assert trained.json()["dataset"]["images"] == 30
