@@ -30,7 +30,9 @@ from lepton_stack.state import (
     OVERLAYS,
     Ports,
     StackLayout,
+    StackLock,
     StackNotRunningError,
+    StackRunningError,
     pid_alive,
     read_state,
     running_state,
@@ -62,18 +64,24 @@ def cmd_up(args: argparse.Namespace) -> int:
     from lepton_stack.stack import LocalStack, StackError, ready_message
 
     layout = _layout(args)
+    if StackLock(layout).probe():
+        return _already_running(layout)
     if args.detach:
         return _up_detached(args, layout)
     configure("WARNING", sys.stderr)
     stack = LocalStack(layout)
     say = (lambda msg: print(f"  {msg}", flush=True)) if not args.quiet else (lambda _m: None)
+    try:
+        stack.lock.acquire()
+    except StackRunningError:
+        return _already_running(layout)
     print("Starting the Lepton functions stack ...", flush=True)
     try:
         stack.start(progress=say)
         from lepton_stack.stack import write_samples
 
         write_samples(layout)
-        print(ready_message(layout, stack.model_version), flush=True)
+        print(ready_message(layout, stack.model_version, stack.model_accuracy), flush=True)
         stack.run()
     except StackError as exc:
         return _fail(str(exc))
@@ -86,18 +94,28 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _already_running(layout: StackLayout) -> int:
+    """A second `lepton up` / `make run`: say where the running stack is and leave it alone."""
+    try:
+        state = read_state(layout)
+    except StackNotRunningError:
+        state = {}
+    functions = state.get("functions", {})
+    print(
+        f"A Lepton stack is already running here (pid {state.get('pid')}, {state.get('status')}; "
+        f"state in {layout.state_file}):\n"
+        f"  S3 + SQS endpoint  {state.get('s3_endpoint')}\n"
+        f"  infer function     {functions.get('infer')}\n"
+        f"  train function     {functions.get('train')}\n"
+        "It was left alone: `lepton status` shows it, `lepton down` stops it."
+    )
+    return 0
+
+
 def _up_detached(args: argparse.Namespace, layout: StackLayout) -> int:
     from lepton_stack.stack import ready_message
 
-    try:
-        state = read_state(layout)
-        if pid_alive(state.get("pid")):
-            return _fail(f"a stack is already running (pid {state['pid']}); `lepton down` first")
-    except StackNotRunningError:
-        pass
     layout.logs.mkdir(parents=True, exist_ok=True)
-    if layout.state_file.exists():
-        layout.state_file.unlink()
     log = (layout.logs / "stack.log").open("ab")
     child = subprocess.Popen(
         [
@@ -126,7 +144,9 @@ def _up_detached(args: argparse.Namespace, layout: StackLayout) -> int:
         except (StackNotRunningError, ValueError):
             state = {}
         if state.get("status") == "ready" and state.get("pid") == child.pid:
-            print(ready_message(layout, state.get("model_version")))
+            print(
+                ready_message(layout, state.get("model_version"), state.get("model_test_accuracy"))
+            )
             return 0
         time.sleep(0.3)
     child.send_signal(signal.SIGTERM)
@@ -159,6 +179,26 @@ def cmd_down(args: argparse.Namespace) -> int:
         if pid_alive(child):
             os.kill(child, signal.SIGKILL)
     print("Stopped the local stack.")
+    return 0
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    """Forget everything the stack kept: buckets, model cache, dead letters, Jobs."""
+    import shutil
+
+    layout = _layout(args)
+    if StackLock(layout).probe():
+        return _fail("the stack is running: stop it first (`lepton down`, or Ctrl-C)")
+    removed = []
+    for path in (layout.buckets, layout.root / "cache", layout.dead_letters, layout.jobs):
+        if path.exists():
+            shutil.rmtree(path)
+            removed.append(str(path))
+    print(
+        f"Removed {', '.join(removed)}: the next `make run` starts clean."
+        if removed
+        else f"Nothing kept in {layout.root}: already clean."
+    )
     return 0
 
 
@@ -634,6 +674,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stop the local stack (started detached or in another terminal) and every "
         "process it started.",
     ).set_defaults(func=cmd_down)
+    sub.add_parser(
+        "reset",
+        help="forget the kept buckets, model cache, dead letters and Jobs",
+        description="Start clean: remove what a stopped stack kept in the state dir (its "
+        "buckets with every model, result and dataset, the model cache, dead letters, Jobs). "
+        "Refused while the stack runs.",
+    ).set_defaults(func=cmd_reset)
     sub.add_parser(
         "status",
         help="parts, models, queues, dead letters",

@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import requests
 from botocore.config import Config
 
 from lepton_stack.oidc import LocalIssuer, write_private
+from lepton_stack.persistence import BucketMirror
 from lepton_stack.state import (
     ACCESS_KEY,
     AUDIENCES,
@@ -35,8 +37,7 @@ from lepton_stack.state import (
     REGION,
     SECRET_KEY,
     StackLayout,
-    pid_alive,
-    read_state,
+    StackLock,
     write_state,
 )
 from lepton_stack.supervisor import Part, Supervisor
@@ -86,13 +87,18 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def create_buckets(layout: StackLayout) -> None:
+    s3 = aws_client(layout, "s3")
+    for bucket in (layout.uploads, layout.results, layout.models):
+        with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
+            s3.create_bucket(Bucket=bucket)
+
+
 def provision(layout: StackLayout) -> dict[str, str]:
     """Buckets, the notification queue with its dead-letter queue, and the notifications."""
     s3 = aws_client(layout, "s3")
     sqs = aws_client(layout, "sqs")
-    for bucket in (layout.uploads, layout.results, layout.models):
-        with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
-            s3.create_bucket(Bucket=bucket)
+    create_buckets(layout)
     dlq_url = sqs.create_queue(QueueName=f"{layout.queue}-dlq")["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
         "QueueArn"
@@ -167,7 +173,16 @@ class LocalStack:
         self.supervisor: Supervisor | None = None
         self.queues: dict[str, str] = {}
         self.model_version: str | None = None
+        self.model_accuracy: float | None = None
         self.status = "starting"
+        self.lock = StackLock(layout)
+        self.mirror = BucketMirror(
+            aws_client(layout, "s3"),
+            layout.buckets,
+            [layout.uploads, layout.results, layout.models],
+        )
+        self._stopping = threading.Event()
+        self._keeper: threading.Thread | None = None
 
     # --- parts --------------------------------------------------------------------------------
 
@@ -278,14 +293,9 @@ class LocalStack:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def check_free(self) -> None:
-        try:
-            state = read_state(self.layout)
-        except RuntimeError:
-            state = {}
-        if pid_alive(state.get("pid")) and state.get("pid") != os.getpid():
-            raise StackError(
-                f"a stack is already running (pid {state['pid']}); stop it with `lepton down`"
-            )
+        """Own this state dir (StackRunningError when another stack does), then check ports."""
+        if not self.lock.held:
+            self.lock.acquire()
         ports = self.layout.ports
         for name in ("s3", "router", "infer", "train", "webhook"):
             port = getattr(ports, name)
@@ -307,11 +317,18 @@ class LocalStack:
         self.supervisor = Supervisor([moto], on_change=self._save)
         moto.wait_healthy(30)
         progress(f"S3 + SQS endpoint (moto) on {self.layout.s3_endpoint}")
+        create_buckets(self.layout)
+        # Before any notification exists: nothing restored starts new work.
+        restored = self.mirror.restore()
+        if restored:
+            progress(f"restored {restored} objects kept in {self.layout.buckets}")
         self.queues = provision(self.layout)
         progress(
-            f"buckets {self.layout.uploads}, {self.layout.results}, {self.layout.models}; "
-            "notifications -> SQS (with a dead-letter queue)"
+            f"buckets {self.layout.uploads}, {self.layout.results}, {self.layout.models} "
+            f"(kept in {self.layout.buckets}); notifications -> SQS (with a dead-letter queue)"
         )
+        self._keeper = threading.Thread(target=self._keep_buckets, name="keeper", daemon=True)
+        self._keeper.start()
         parts = self._parts()
         for part in parts:
             part.start()
@@ -321,21 +338,21 @@ class LocalStack:
             part.wait_healthy(60)
         progress("functions, router and event source are up")
         self.model_version = self._first_model(progress)
+        with contextlib.suppress(Exception):  # the banner's figure only
+            metrics = model_store(self.layout).metadata(self.layout.model, self.model_version)
+            self.model_accuracy = metrics["metrics"].get("test_accuracy")
         self.status = "ready"
         self._save()
 
     def _first_model(self, progress, timeout: float = 600) -> str:  # type: ignore[no-untyped-def]
-        from lepton_runtime.models.store import ModelStore
-        from lepton_runtime.settings import Location
-        from lepton_runtime.storage import Storage
-
+        """The live version of the default model; trained first from the bundled digits when
+        there is none (the progress of that training is told as it goes)."""
         s3 = aws_client(self.layout, "s3")
-        store = ModelStore(Storage(s3), Location(self.layout.models))
-        if store.pointer(self.layout.model) is None:
-            progress(
-                "training the first model from the bundled digits "
-                f"(s3://{self.layout.uploads}/datasets/{self.layout.model}.zip) ..."
-            )
+        store = model_store(self.layout)
+        source = f"s3://{self.layout.uploads}/datasets/{self.layout.model}.zip"
+        training = store.pointer(self.layout.model) is None
+        if training:
+            progress(f"training the first model from the bundled digits ({source}) ...")
             s3.put_object(
                 Bucket=self.layout.uploads,
                 Key=f"datasets/{self.layout.model}.zip",
@@ -344,6 +361,7 @@ class LocalStack:
             )
         deadline = time.monotonic() + timeout
         url = f"{self.layout.url(self.layout.ports.infer)}/v1/models/{self.layout.model}"
+        told = 0.0
         while time.monotonic() < deadline:
             try:
                 response = requests.get(url, timeout=2)
@@ -351,8 +369,21 @@ class LocalStack:
                     return str(response.json()["model_version_status"][0]["version"])
             except requests.RequestException:
                 pass
+            if training and time.monotonic() - told > 2.0:
+                status = store.read_status(self.layout.model, source)
+                if status and status.get("stage") == "training" and status.get("epochs"):
+                    progress(training_progress(status))
+                    told = time.monotonic()
             time.sleep(0.5)
         raise StackError(f"no model went live in {timeout:.0f} s; see {self.layout.logs}")
+
+    def _keep_buckets(self, interval: float = 10.0) -> None:
+        """Mirror the buckets to disk every `interval` seconds while the stack runs."""
+        while not self._stopping.wait(interval):
+            try:
+                self.mirror.save()
+            except Exception as exc:  # moto restarting, a disk error: next time
+                log.warning("buckets not kept this time", extra={"error": str(exc)})
 
     def state(self) -> dict[str, Any]:
         layout, ports = self.layout, self.layout.ports
@@ -366,6 +397,7 @@ class LocalStack:
             "secret_key": SECRET_KEY,
             "model": layout.model,
             "model_version": self.model_version,
+            "model_test_accuracy": self.model_accuracy,
             "buckets": {
                 "uploads": layout.uploads,
                 "results": layout.results,
@@ -388,6 +420,8 @@ class LocalStack:
         }
 
     def _save(self) -> None:
+        if not self.lock.held:
+            return  # only the stack that owns the state dir writes its state
         write_state(self.layout, self.state())
 
     def run(self) -> None:
@@ -398,24 +432,67 @@ class LocalStack:
         self.supervisor.watch()
 
     def shutdown(self) -> None:
+        """Stop every part, keep the buckets on disk once more (after the functions stopped,
+        before the S3 endpoint does), write the stopped state, give up the state dir."""
+        if not self.lock.held:
+            return  # another stack's: leave it alone
         self.status = "stopping"
         self.event_headers = {}  # the token dies with the stack
+        self._stopping.set()
+        if self._keeper is not None:
+            self._keeper.join(timeout=30)
         if self.supervisor:
             self._save()
-            self.supervisor.stop_all()
+            self.supervisor.stop()
+            endpoint = [p for p in self.supervisor.parts if p.name == "s3"]
+            for part in reversed(self.supervisor.parts):
+                if part.name != "s3":
+                    part.stop()
+            if endpoint and endpoint[0].alive():
+                try:
+                    report = self.mirror.save()
+                    log.info("buckets kept", extra={"written": report.written})
+                except Exception as exc:
+                    log.error("buckets not kept on stop", extra={"error": str(exc)})
+            for part in endpoint:
+                part.stop()
         self.status = "stopped"
         state = self.state()
         state["pid"] = None
         write_state(self.layout, state)
+        self.lock.release()
 
 
-def ready_message(layout: StackLayout, version: str | None) -> str:
+def training_progress(status: dict[str, Any]) -> str:
+    """One line on a training in progress: epoch of epochs, validation accuracy, time left."""
+    epoch, epochs = int(status.get("epoch") or 0), int(status["epochs"])
+    elapsed = max(0.0, float(status.get("updated", 0)) - float(status.get("started", 0)))
+    left = f", about {elapsed / epoch * (epochs - epoch):.0f} s left at most" if epoch else ""
+    accuracy = (status.get("metrics") or {}).get("val_accuracy")
+    shown = f", validation accuracy {accuracy:.1%}" if accuracy is not None else ""
+    return f"training {status.get('model')}: epoch {epoch}/{epochs}{shown}{left}"
+
+
+def model_store(layout: StackLayout) -> Any:
+    """The stack's models bucket through the one module that knows its layout."""
+    from lepton_runtime.models.store import ModelStore
+    from lepton_runtime.settings import Location
+    from lepton_runtime.storage import Storage
+
+    return ModelStore(Storage(aws_client(layout, "s3")), Location(layout.models))
+
+
+def ready_message(
+    layout: StackLayout, version: str | None, test_accuracy: float | None = None
+) -> str:
     ports, s3 = layout.ports, layout.s3_endpoint
     creds = f"AWS_ACCESS_KEY_ID={ACCESS_KEY} AWS_SECRET_ACCESS_KEY={SECRET_KEY} AWS_REGION={REGION}"
     sample = layout.samples / "digit-3.png"
     rel = os.path.relpath(sample) if sample.is_absolute() else str(sample)
+    accuracy = f" (test accuracy {test_accuracy:.1%})" if test_accuracy is not None else ""
     return f"""
-Lepton functions is running: model {layout.model!r} version {version} is live.
+Lepton functions is running: model {layout.model!r} version {version} is live{accuracy}.
+Models, results and datasets are kept in {layout.buckets}/ (`lepton reset` starts clean).
 
   S3 + SQS endpoint  {s3}   (region {REGION}, keys {ACCESS_KEY}/{SECRET_KEY})
   infer function     {layout.url(ports.infer)}

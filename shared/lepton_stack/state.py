@@ -26,6 +26,51 @@ class StackNotRunningError(RuntimeError):
     """No stack state or the supervisor is gone."""
 
 
+class StackRunningError(RuntimeError):
+    """Another process owns this state dir's stack (holds its lock)."""
+
+
+class StackLock:
+    """The state dir's lock, held by the one process that runs its stack for as long as it
+    runs (the kernel drops it when that process dies, however it dies). Only the holder writes
+    stack.json, so a second `lepton up` can neither clobber nor stop the first."""
+
+    def __init__(self, layout: StackLayout) -> None:
+        self.path = layout.root / "stack.lock"
+        self._file: Any = None
+
+    def acquire(self) -> None:
+        """Hold the lock, or StackRunningError when another process holds it."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = self.path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            handle.close()
+            raise StackRunningError(str(self.path)) from exc
+        self._file = handle
+
+    @property
+    def held(self) -> bool:
+        return self._file is not None
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def probe(self) -> bool:
+        """Whether some process holds the lock now (without keeping it)."""
+        try:
+            self.acquire()
+        except StackRunningError:
+            return True
+        self.release()
+        return False
+
+
 @dataclass(frozen=True)
 class Ports:
     s3: int = 4566

@@ -176,4 +176,4 @@ def test_digits_artifact_records_its_dataset_and_accuracy(
     assert metadata.labels == tuple(str(d) for d in range(10))
     assert metadata.dataset["digest"] == digits_dataset.digest
     assert metadata.metrics["val_accuracy"] >= 0.97
-    assert np.array(metadata.metrics["confusion_matrix"]).sum() == metadata.metrics["val_count"]
+    assert np.array(metadata.metrics["confusion_matrix"]).sum() == metadata.metrics["test_count"]

@@ -663,3 +663,67 @@ def test_models_lists_every_model_its_live_version_accuracy_and_plots(
     assert "  v2  test accuracy 98.50%  input 28x28x1  2 labels  <- live" in lines
     assert "  v1  test accuracy 100.00%  input 40x40x3  2 labels  <- live" in lines
     assert f"  plot: s3://{moto_layout.models}/digits/v2/training_curves.png" in lines
+
+
+def test_a_second_up_reports_the_running_stack_and_writes_nothing(
+    lepton: Run, layout: StackLayout
+) -> None:
+    """The first stack holds the state dir's lock; a second `up` (make run again) must not
+    rewrite stack.json to stopped, as it once did."""
+    from lepton_stack.state import StackLock
+
+    fake_state(layout)
+    holder = StackLock(layout)
+    holder.acquire()
+    try:
+        before = layout.state_file.read_bytes()
+        for args in (("up",), ("up", "--detach")):
+            code, out, _ = lepton(*args)
+            assert code == 0
+            assert "already running here" in out and "left alone" in out
+            assert layout.state_file.read_bytes() == before
+    finally:
+        holder.release()
+
+
+def test_the_state_dir_lock_dies_with_its_holder(layout: StackLayout, tmp_path: Path) -> None:
+    from lepton_stack.state import StackLock, StackRunningError
+
+    script = (
+        "import sys, time; from pathlib import Path; from lepton_stack.state import StackLayout,"
+        " StackLock; lock = StackLock(StackLayout(root=Path(sys.argv[1]))); lock.acquire();"
+        " print('held', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script, str(layout.root)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(StackRunningError):
+            StackLock(layout).acquire()
+    finally:
+        holder.kill()  # kill -9: no clean-up runs
+        holder.wait()
+    lock = StackLock(layout)
+    lock.acquire()
+    lock.release()
+
+
+def test_reset_forgets_what_a_stopped_stack_kept_and_refuses_while_it_runs(
+    lepton: Run, layout: StackLayout
+) -> None:
+    from lepton_stack.state import StackLock
+
+    (layout.buckets / "lepton-models" / "digits").mkdir(parents=True)
+    holder = StackLock(layout)
+    holder.acquire()
+    try:
+        code, _, err = lepton("reset")
+        assert code == 1 and "stop it first" in err
+        assert layout.buckets.exists()
+    finally:
+        holder.release()
+
+    code, out, _ = lepton("reset")
+    assert code == 0 and "starts clean" in out
+    assert not layout.buckets.exists()
