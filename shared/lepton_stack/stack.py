@@ -501,8 +501,8 @@ Models, results and datasets are kept in {layout.buckets}/ (`lepton reset` start
   logs               {layout.logs}/
 
 Drop an image in the bucket, read its result:
-  {creds} aws --endpoint-url {s3} s3 cp {rel} s3://{layout.uploads}/images/
-  {creds} aws --endpoint-url {s3} s3 cp s3://{layout.results}/images/{sample.name}.json -
+  {creds} .venv/bin/aws --endpoint-url {s3} s3 cp {rel} s3://{layout.uploads}/images/
+  {creds} .venv/bin/aws --endpoint-url {s3} s3 cp s3://{layout.results}/images/{sample.name}.json -
 Or call the function directly:
   curl --data-binary @{rel} {layout.url(ports.infer)}/
   .venv/bin/lepton predict {layout.samples}/*.png
