@@ -78,10 +78,18 @@ class ModelMetadata:
 
 
 def to_tflite(model: Any) -> bytes:
-    """Convert a Keras model to a LiteRT (TFLite) flatbuffer."""
+    """Convert a Keras model to a LiteRT (TFLite) flatbuffer.
+
+    Exported as a SavedModel first, quietly: `from_keras_model` does the same export but prints
+    its endpoint summary into the training function's log on every training.
+    """
+    import tempfile
+
     import tensorflow as tf
 
-    return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    with tempfile.TemporaryDirectory(prefix="lepton-export-") as saved:
+        model.export(saved, format="tf_saved_model", verbose=False)
+        return tf.lite.TFLiteConverter.from_saved_model(saved).convert()
 
 
 def export_artifact(

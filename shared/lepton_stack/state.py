@@ -176,6 +176,7 @@ class StackLayout:
             env["LEPTON_MODEL_CACHE_DIR"] = str(self.root / "cache" / "infer")
         elif role == "train":
             env["PORT"] = str(self.ports.train)
+            env["TF_CPP_MIN_LOG_LEVEL"] = "2"  # TensorFlow's C++ info and warnings: not ours
         elif role == "source":
             env["K_SINK"] = self.url(self.ports.router) + "/"
             env["LEPTON_SQS_QUEUE_URL"] = queue_url
