@@ -48,6 +48,8 @@ def proxy(moto_server: str) -> Iterator[FaultyS3Proxy]:
 
 def _env(bucket: str, cache: Path, runtime: str, endpoint: str) -> dict[str, str]:
     return {
+        # No event is sent here: the registry's loads are the subject, not event ingress.
+        "LEPTON_EVENT_AUTH": "off",
         "AWS_ENDPOINT_URL": endpoint,
         "LEPTON_MODELS_BUCKET": bucket,
         "LEPTON_MODEL_CACHE_DIR": str(cache),

@@ -35,6 +35,7 @@ pytestmark = pytest.mark.slow
 
 FUNCTION_DIR = Path(__file__).parents[3] / "functions" / "train"
 LEASE_SECONDS = 6.0
+AUDIENCE = "lepton-train"
 
 
 def _dataset(per_class: int, classes: int = 3) -> bytes:
@@ -63,13 +64,14 @@ def store(buckets: dict[str, str]) -> ModelStore:
 
 
 @pytest.fixture
-def start_replica(serve_function, buckets: dict[str, str]) -> Callable[[], tuple[Any, str]]:
+def start_replica(serve_function, buckets: dict[str, str], oidc) -> Callable[[], tuple[Any, str]]:
     """Start one more training replica on the shared buckets."""
 
     def start() -> tuple[Any, str]:
         process, url = serve_function(
             FUNCTION_DIR,
             {
+                **oidc.env(AUDIENCE),
                 "LEPTON_UPLOADS_BUCKET": buckets["uploads"],
                 "LEPTON_RESULTS_BUCKET": buckets["results"],
                 "LEPTON_MODELS_BUCKET": buckets["models"],
@@ -79,8 +81,9 @@ def start_replica(serve_function, buckets: dict[str, str]) -> Callable[[], tuple
             },
             role="train",
         )
-        deadline = time.monotonic() + 60
-        while requests.get(f"{url}/health/readiness", timeout=5).status_code != 200:
+        deadline = time.monotonic() + 120  # TensorFlow's import, on 2 busy cores
+        while not _ready(url):
+            assert process.poll() is None, "the training function exited"
             assert time.monotonic() < deadline, "the training function never became ready"
             time.sleep(0.2)
         return process, url
@@ -88,13 +91,29 @@ def start_replica(serve_function, buckets: dict[str, str]) -> Callable[[], tuple
     return start
 
 
+def _ready(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/health/readiness", timeout=5).status_code == 200
+    except requests.ConnectionError:
+        return False
+
+
 def _upload(buckets: dict[str, str], key: str, body: bytes) -> str:
     boto3.client("s3").put_object(Bucket=buckets["uploads"], Key=key, Body=body)
     return f"s3://{buckets['uploads']}/{key}"
 
 
+@pytest.fixture(autouse=True)
+def _token(oidc) -> None:
+    """Every request here carries a token of the test issuer for the training function."""
+    _HEADERS.update(oidc.headers(AUDIENCE, exp=int(time.time()) + 3600))
+
+
+_HEADERS: dict[str, str] = {}
+
+
 def _train(url: str, body: dict[str, Any]) -> dict[str, Any]:
-    answer = requests.post(url, json=body, timeout=600)
+    answer = requests.post(url, json=body, headers=_HEADERS, timeout=600)
     assert answer.status_code == 200, answer.text
     return answer.json()
 
@@ -112,7 +131,7 @@ def _running_run(store: ModelStore, name: str, seconds: float) -> dict[str, Any]
 
 def _post_until_killed(url: str, body: dict[str, Any]) -> None:
     with contextlib.suppress(requests.ConnectionError):
-        requests.post(url, json=body, timeout=600)
+        requests.post(url, json=body, headers=_HEADERS, timeout=600)
 
 
 def _kill_tree(pid: int) -> None:
