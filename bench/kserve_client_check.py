@@ -64,8 +64,11 @@ async def main(base_url: str, model: str, image: bytes) -> list[dict[str, Any]]:
         dtype=np.float32,
     ).reshape(1, height, width, channels)
 
-    async def v2_infer(tensor: InferInput) -> str:
-        request = InferRequest(model_name=model, infer_inputs=[tensor], request_id="check")
+    async def v2_infer(tensor: InferInput, binary_output: bool = False) -> str:
+        parameters = {"binary_data_output": True} if binary_output else None
+        request = InferRequest(
+            model_name=model, infer_inputs=[tensor], request_id="check", parameters=parameters
+        )
         answer = await v2.infer(base_url, request, model_name=model)
         output = answer.outputs[0]
         probabilities = output.as_numpy()
@@ -109,6 +112,9 @@ async def main(base_url: str, model: str, image: bytes) -> list[dict[str, Any]]:
     await check("v2 infer BYTES (JSON, base64)", lambda: v2_infer(bytes_input(False)))
     await check("v2 infer FP32 (JSON)", lambda: v2_infer(fp32_input(False)))
     await check("v2 infer FP32 (binary extension)", lambda: v2_infer(fp32_input(True)))
+    await check(
+        "v2 infer, binary output asked for", lambda: v2_infer(bytes_input(True), binary_output=True)
+    )
     await check("v2 unknown model is 404 with a V2 error", v2_unknown_model)
     for check_result in checks:
         if check_result["ok"] and check_result["detail"] is False:

@@ -139,6 +139,13 @@ class FunctionApp:
                 return await _send(send, 200, b'{"status":"alive"}', _JSON)
             if path == "/health/readiness":
                 return await self._readiness(send)
+            # The Open Inference Protocol's (V2) server health, in its format.
+            if path == "/v2/health/live":
+                return await _send(send, 200, b'{"live":true}', _JSON)
+            if path == "/v2/health/ready":
+                ready = self._ready()
+                body = b'{"ready":true}' if ready else b'{"ready":false}'
+                return await _send(send, 200 if ready else 503, body, _JSON)
             if path == "/metrics" and self.metrics is not None:
                 body, content_type = self.metrics.render()
                 return await _send(send, 200, body, [(b"content-type", content_type.encode())])
@@ -150,10 +157,14 @@ class FunctionApp:
             return await _send(send, 405, error_json(405, "method_not_allowed", message), headers)
         await self._main(scope, receive, send)
 
+    def _ready(self) -> bool:
+        """Ready to take requests: not draining, and the function says it is ready."""
+        return not self.draining.is_set() and (self.service is None or self.service.ready())
+
     async def _readiness(self, send: Send) -> None:
         if self.draining.is_set():
             return await _send(send, 503, b'{"status":"draining"}', _JSON)
-        ready = self.service is None or self.service.ready()
+        ready = self._ready()
         state: dict[str, Any] = {"status": "ready" if ready else "loading"}
         detail = getattr(self.service, "readiness_detail", None)
         if detail is not None:
