@@ -53,7 +53,7 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 # Paths handed to main(context); anything else is a JSON 404.
-_MAIN_PATHS = ("/",)
+_MAIN_PATHS = ("/", "/v2")
 _MAIN_PREFIXES = ("/v1/", "/v2/")
 _MAIN_METHODS = ("GET", "HEAD", "POST")
 _JSON = [(b"content-type", b"application/json")]
