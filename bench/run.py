@@ -107,17 +107,42 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def tree_rss_mb(pid: int) -> tuple[float, float]:
-    """(largest, total) resident memory of a process and its children (the worker processes)."""
-    pids = [pid]
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants (a server's workers, theirs too)."""
+    parents: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                pids.append(int(stat.parent.name))
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             continue
-    sizes = [rss_mb(p) for p in pids if Path(f"/proc/{p}").exists()]
+        parents.setdefault(ppid, []).append(int(stat.parent.name))
+    tree, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        tree.append(current)
+        queue.extend(parents.get(current, []))
+    return tree
+
+
+def tree_rss_mb(pid: int) -> tuple[float, float]:
+    """(largest, total) resident memory of a process and its descendants (the workers)."""
+    sizes = [rss_mb(p) for p in process_tree(pid) if Path(f"/proc/{p}").exists()]
     return max(sizes), sum(sizes)
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) the processes have used so far."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _TICK
 
 
 # --- the model and its files --------------------------------------------------------------------
@@ -213,6 +238,7 @@ def wrk(
         timeout=seconds + 60,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    requests_done = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     percentiles = {
         int(p): float(v) * _UNITS[u]
         for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -223,6 +249,7 @@ def wrk(
         "p50_ms": percentiles.get(50, float("nan")),
         "p99_ms": percentiles.get(99, float("nan")),
         "non_2xx": float(errors.group(1)) if errors else 0.0,
+        "requests": float(requests_done),
     }
 
 
@@ -253,6 +280,7 @@ def summarize(runs: list[dict[str, float]]) -> dict[str, Any]:
         "p99_ms": statistics.median(r["p99_ms"] for r in runs),
         "non_2xx": sum(r["non_2xx"] for r in runs),
         "runs": [r["rps"] for r in runs],
+        **({"cpu_us": statistics.median(r["cpu_us"] for r in runs)} if "cpu_us" in runs[0] else {}),
     }
 
 
@@ -270,6 +298,7 @@ class Target:
     url: str
     body: Path
     content_type: str
+    pid: int  # the server's first process (its workers are its descendants)
 
 
 def request_bodies(png_bytes: bytes, workdir: Path) -> dict[str, Path]:
@@ -314,16 +343,23 @@ def peer_servers(
         if kserve is not None:
             port = free_port()
             logs = workdir / "kserve-logging.json"
-            stack.enter_context(
+            proc = stack.enter_context(
                 process(peers.kserve_command(kserve, model_file, port, WORKERS, logs))
             )
             url = f"http://127.0.0.1:{port}/v1/models/digits:predict"
             targets.append(
-                Target("kserve", "KServe ModelServer (peer)", url, bodies["v1"], "application/json")
+                Target(
+                    "kserve",
+                    "KServe ModelServer (peer)",
+                    url,
+                    bodies["v1"],
+                    "application/json",
+                    proc.pid,
+                )
             )
         port = free_port()
         ours_env = {**env, "LEPTON_WORKERS": str(WORKERS)}
-        stack.enter_context(
+        ours = stack.enter_context(
             process(serve_ours(ours_env, port, "litert", workdir / "cache"), ours_env)
         )
         base = f"http://127.0.0.1:{port}"
@@ -334,6 +370,7 @@ def peer_servers(
                 f"{base}/v1/models/digits:predict",
                 bodies["v1"],
                 "application/json",
+                ours.pid,
             ),
             Target(
                 "lepton_raw",
@@ -341,6 +378,7 @@ def peer_servers(
                 f"{base}/",
                 bodies["png"],
                 "image/png",
+                ours.pid,
             ),
         ]
         mlserver = peers.ensure(peers.MLSERVER, peers_root, say)
@@ -354,7 +392,7 @@ def peer_servers(
                 workdir / "mlserver",
                 (free_port(), free_port()),
             )
-            stack.enter_context(process(command))
+            peer = stack.enter_context(process(command))
             targets.append(
                 Target(
                     "mlserver",
@@ -362,6 +400,7 @@ def peer_servers(
                     f"http://127.0.0.1:{port}/v2/models/digits/infer",
                     bodies["v2"],
                     "application/json",
+                    peer.pid,
                 )
             )
         targets.append(
@@ -371,6 +410,7 @@ def peer_servers(
                 f"{base}/v2/models/digits/infer",
                 bodies["v2"],
                 "application/json",
+                ours.pid,
             )
         )
         for target in targets:
@@ -394,9 +434,12 @@ def bench_peers(
     peers_root: Path,
 ) -> dict[str, Any]:
     """wrk against every route at c=1, 8 and 32; the servers take turns run by run, so a
-    disturbance on this shared machine falls on all of them alike."""
+    disturbance on this shared machine falls on all of them alike. Besides throughput and
+    latency, the CPU time each server's processes spent per answered request (less sensitive
+    to other load on the machine than throughput)."""
     out: dict[str, Any] = {"workers": WORKERS, "routes": {}}
     with peer_servers(model_dir, env, bodies, peers_root) as targets:
+        trees = {t.key: process_tree(t.pid) for t in targets}
         for target in targets:
             out["routes"][target.key] = {"title": target.title, "url": target.url}
             wrk(target.url, target.body, 8, 1, target.content_type)  # warm-up
@@ -404,15 +447,17 @@ def bench_peers(
             runs: dict[str, list[dict[str, float]]] = {t.key: [] for t in targets}
             for _ in range(repeats):
                 for target in targets:
-                    runs[target.key].append(
-                        wrk(target.url, target.body, connections, seconds, target.content_type)
-                    )
+                    before = tree_cpu_seconds(trees[target.key])
+                    run = wrk(target.url, target.body, connections, seconds, target.content_type)
+                    spent = tree_cpu_seconds(trees[target.key]) - before
+                    run["cpu_us"] = spent / max(run["requests"], 1.0) * 1e6
+                    runs[target.key].append(run)
             for target in targets:
                 result = summarize(runs[target.key])
                 out["routes"][target.key][str(connections)] = result
                 say(
                     f"  {target.key:<10} c={connections:<3} {result['rps']:8.1f} req/s "
-                    f"p99 {result['p99_ms']:6.1f} ms "
+                    f"p99 {result['p99_ms']:6.1f} ms, {result['cpu_us']:5.0f} us CPU/request "
                     f"(runs {', '.join(f'{r:.0f}' for r in result['runs'])})"
                 )
     return out
@@ -817,18 +862,22 @@ def machine() -> dict[str, Any]:
 def _peer_rows(peers_out: dict[str, Any], peer: str, ours: list[str]) -> list[str]:
     routes = peers_out["routes"]
     if peer not in routes:
-        return [f"| {peer}: not installed here | | | | | | | |"]
+        return [f"| {peer}: not installed here | | | | | | | | |"]
     base = routes[peer]
     lines = []
     for key in (peer, *ours):
         row = routes[key]
         c1, c8, c32 = (row[str(c)]["rps"] for c in CONCURRENCY)
+        cpu = row["8"].get("cpu_us", float("nan"))
         ratio = (
-            "" if key == peer else f"{c8 / base['8']['rps']:.2f}x / {c32 / base['32']['rps']:.2f}x"
+            ""
+            if key == peer
+            else f"{c8 / base['8']['rps']:.2f}x / {c32 / base['32']['rps']:.2f}x "
+            f"/ {base['8'].get('cpu_us', float('nan')) / cpu:.2f}x"
         )
         lines.append(
             f"| {row['title']} | {c1:.0f} | {c8:.0f} | {c32:.0f} | {row['8']['p50_ms']:.2f} "
-            f"| {row['8']['p99_ms']:.2f} | {row['32']['p99_ms']:.2f} | {ratio} |"
+            f"| {row['8']['p99_ms']:.2f} | {row['32']['p99_ms']:.2f} | {cpu:.0f} | {ratio} |"
         )
     return lines
 
@@ -840,9 +889,9 @@ def table(results: dict[str, Any]) -> str:
         workers = peers_out["workers"]
         header = (
             " | c=1 req/s | c=8 req/s | c=32 req/s | p50 ms (c=8) | p99 ms (c=8) | p99 ms (c=32) "
-            "| vs the peer (c=8 / c=32) |"
+            "| CPU µs/request (c=8) | vs the peer: req/s c=8 / c=32 / CPU per request |"
         )
-        rule = "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        rule = "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         lines += [
             f'| Against KServe: the same KServe V1 body `{{"instances": [{{"b64": ...}}]}}` '
             f"(one 28x28 PNG), {workers} worker processes each" + header,

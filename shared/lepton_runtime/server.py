@@ -354,11 +354,65 @@ async def _send_response(send: Send, response: Response) -> None:
     await _send(send, response.status_code, body, headers)
 
 
+class _OneWrite:
+    """The transport a response is written to, sending its status line and headers together
+    with the first piece of its body.
+
+    uvicorn writes the head and the body with two `transport.write` calls: two send() system
+    calls and, with TCP_NODELAY, two TCP segments for every response. Held here, the head goes
+    out with the body in one; anything written before the response starts (100 Continue) goes
+    at once, and nothing is held past the response or a close.
+    """
+
+    __slots__ = ("_cycle", "_done", "_head", "_held", "_transport")
+
+    def __init__(self, cycle: Any) -> None:
+        self._transport = cycle.transport
+        self._cycle = cycle
+        self._done: Callable[[], None] = cycle.on_response
+        self._head: bytes | None = None
+        self._held = False  # the head was seen (held or sent)
+        cycle.transport = self
+        cycle.on_response = self._finish
+
+    def write(self, data: bytes) -> None:
+        if self._head is not None:
+            data, self._head = self._head + data, None
+        elif not self._held and self._cycle.response_started:
+            self._head, self._held = data, True
+            return
+        self._transport.write(data)
+
+    def flush(self) -> None:
+        if self._head is not None:
+            head, self._head = self._head, None
+            self._transport.write(head)
+
+    def _finish(self) -> None:
+        self.flush()  # a head without a body (HEAD, 204) is still held
+        self._done()
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class _Protocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a bound on request line + headers (httptools has none)
-    and its own error answers in the functions' JSON format."""
+    """uvicorn's httptools protocol with a bound on request line + headers (httptools has none),
+    its own error answers in the functions' JSON format, and each response written at once
+    (`_OneWrite`)."""
 
     max_header_bytes = 64 * 1024
+
+    def on_headers_complete(self) -> None:
+        previous = self.cycle
+        super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle is not previous:  # a request starts (not an upgrade)
+            _OneWrite(cycle)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
