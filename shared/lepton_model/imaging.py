@@ -359,9 +359,14 @@ def _border_level(gray: np.ndarray) -> float:
 _CONTENT_THRESHOLD = 64
 
 
+_LEVELS = np.arange(256)
+# Which gray levels count as content, for each background level (one lookup does the compare).
+_CONTENT = np.abs(_LEVELS[np.newaxis, :] - _LEVELS[:, np.newaxis]) > _CONTENT_THRESHOLD
+
+
 def _crop_to_content(pixels: np.ndarray, gray: np.ndarray, background: float) -> np.ndarray:
     """Cut to the bounding box of the pixels that stand out from the background."""
-    content = (gray < background - _CONTENT_THRESHOLD) | (gray > background + _CONTENT_THRESHOLD)
+    content = _CONTENT[int(background)][gray]  # the background is one of the gray levels
     rows = np.flatnonzero(content.any(axis=1))
     if rows.size == 0:
         return pixels  # blank: nothing to centre on

@@ -164,9 +164,11 @@ def image_answer(name: str, version: str, predictions: Sequence[Prediction]) -> 
 
 
 def tfserving_answer(probabilities: np.ndarray) -> dict[str, Any]:
-    """TF-Serving / KServe V1 answer: one probability row per instance."""
-    rows = np.asarray(probabilities, dtype=np.float64).round(7).tolist()
-    return {"predictions": [[0.0 if math.isnan(v) else v for v in row] for row in rows]}
+    """TF-Serving / KServe V1 answer: one probability row per instance (a float64 array, which
+    jsonio writes as the numbers it holds)."""
+    rows = np.asarray(probabilities, dtype=np.float64).round(7)
+    rows[np.isnan(rows)] = 0.0
+    return {"predictions": rows}
 
 
 # --- Open Inference Protocol (V2) ----------------------------------------------------------------

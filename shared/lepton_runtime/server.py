@@ -221,6 +221,9 @@ class FunctionApp:
 
     def _request(self, scope: Scope, headers: dict[str, str], body: bytes) -> Request:
         request = Request(_environ(scope, headers, body))
+        # The body is read whole already: werkzeug's own cache of it (what get_data() fills and
+        # its form parser reads from) spares every reader the stream wrappers.
+        request._cached_data = body
         # Bounds for werkzeug's own parsers (forms), without needing Flask's app context.
         request.max_content_length = self.settings.max_body_bytes
         request.max_form_parts = self.settings.max_form_parts
