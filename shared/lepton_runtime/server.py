@@ -43,7 +43,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from werkzeug.wrappers import Response
 
 from lepton_runtime.emit import event_from_http
-from lepton_runtime.processes import bound_heap
+from lepton_runtime.processes import bound_heap, settle_heap
 from lepton_runtime.settings import Settings
 
 log = logging.getLogger("lepton.server")
@@ -349,11 +349,11 @@ async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes,
 
 async def _send_response(send: Send, response: Response) -> None:
     body = response.get_data()
-    headers = [
-        (name.lower().encode("latin-1"), value.encode("latin-1"))
-        for name, value in response.headers.items()
-        if name.lower() != "content-length"
-    ]
+    headers = []
+    for name, value in response.headers:
+        lower = name.lower()
+        if lower != "content-length":
+            headers.append((lower.encode("latin-1"), value.encode("latin-1")))
     await _send(send, response.status_code, body, headers)
 
 
@@ -488,6 +488,7 @@ def serve_process(
         deadline = time.monotonic() + ready_wait
         while time.monotonic() < deadline and not service.ready():
             time.sleep(0.02)
+    settle_heap()  # the model and everything loaded so far live as long as the process
     sock = listen() if listen else listening_socket(settings.host, settings.port)
     config = uvicorn.Config(
         app,
@@ -501,6 +502,9 @@ def serve_process(
         date_header=False,
         timeout_keep_alive=settings.keep_alive_seconds,
         timeout_graceful_shutdown=int(grace_seconds),
+        # Nothing here reads the client's address; X-Forwarded-* rewriting is one more ASGI
+        # layer on every request for nothing.
+        proxy_headers=False,
     )
     server = _Server(config, app.draining)
     log.info(

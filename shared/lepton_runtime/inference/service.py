@@ -380,7 +380,7 @@ class InferenceService:
                     raise type(exc)(f"{name}: {exc}") from exc
                 raise
         self.metrics.batch(len(arrays))
-        return np.stack(arrays)
+        return arrays[0][np.newaxis] if len(arrays) == 1 else np.stack(arrays)
 
     def _answer_images(self, images: list[tuple[str, bytes]]) -> Response:
         classifier = self.registry.require()
