@@ -417,25 +417,26 @@ class _Protocol(HttpToolsProtocol):
         if cycle is not None and cycle is not previous:  # a request starts (not an upgrade)
             _OneWrite(cycle)
 
+    _header_bytes = 0
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._header_bytes = 0
 
     def on_url(self, url: bytes) -> None:
-        self._count(len(url))
+        self._header_bytes += len(url)
+        if self._header_bytes > self.max_header_bytes:
+            raise httptools.HttpParserError("request line and headers too large")
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value))
-        super().on_header(name, value)
-
-    def _count(self, size: int) -> None:
-        self._header_bytes = getattr(self, "_header_bytes", 0) + size
+        self._header_bytes += len(name) + len(value)
         if self._header_bytes > self.max_header_bytes:
             raise httptools.HttpParserError("request line and headers too large")
+        super().on_header(name, value)
 
     def send_400_response(self, msg: str) -> None:
-        large = getattr(self, "_header_bytes", 0) > self.max_header_bytes
+        large = self._header_bytes > self.max_header_bytes
         status, code = (431, "headers_too_large") if large else (400, "bad_request")
         text = (
             f"the request line and headers are over {self.max_header_bytes} bytes"
