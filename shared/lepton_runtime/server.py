@@ -63,7 +63,8 @@ class FunctionService(Protocol):
     """What a func.py may expose as `service` for the server's lifecycle hooks.
 
     Optional too: `max_workers` (an int: how many processes may serve it at once; the training
-    function says 1), `metrics` (rendered at /metrics), `inline(request)` (True when main answers
+    function says 1), `wait_ready(timeout)` (block until ready; else `ready()` is polled),
+    `metrics` (rendered at /metrics), `inline(request)` (True when main answers
     the request from memory, without blocking I/O: it then runs on the event loop),
     `changed()` (shared state changed: re-read it; called in every worker when one of them
     announces a change) and `announce` (set by the server: call it to make the other workers'
@@ -486,9 +487,13 @@ def serve_process(
     service = app.service
     if service is not None:
         service.start()
-        deadline = time.monotonic() + ready_wait
-        while time.monotonic() < deadline and not service.ready():
-            time.sleep(0.02)
+        wait_ready = getattr(service, "wait_ready", None)
+        if wait_ready is not None:
+            wait_ready(ready_wait)
+        else:
+            deadline = time.monotonic() + ready_wait
+            while time.monotonic() < deadline and not service.ready():
+                time.sleep(0.02)
     settle_heap()  # the model and everything loaded so far live as long as the process
     sock = listen() if listen else listening_socket(settings.host, settings.port)
     config = uvicorn.Config(

@@ -137,6 +137,10 @@ class InferenceService:
     def ready(self) -> bool:
         return self.registry.current is not None
 
+    def wait_ready(self, timeout: float) -> bool:
+        """Block until ready, at most `timeout` seconds (the server's start waits on it)."""
+        return self.registry.wait_loaded(timeout)
+
     def readiness_detail(self) -> dict[str, Any]:
         """Why readiness says what it says: the model, its version, the last load error."""
         return self.registry.status()
