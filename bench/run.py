@@ -1065,8 +1065,15 @@ SECTIONS = (
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=5.0, help="per wrk run")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=3.0, help="per wrk run")
+    parser.add_argument(
+        "--peer-repeats",
+        type=int,
+        default=9,
+        help="runs of each server at each concurrency against the peers (alternated)",
+    )
+    parser.add_argument("--peer-seconds", type=float, default=2.0, help="per run against peers")
     parser.add_argument("--uploads", type=int, default=200, help="event-path uploads")
     parser.add_argument("--skip-event-path", action="store_true")
     parser.add_argument(
@@ -1122,7 +1129,7 @@ def main(argv: list[str] | None = None) -> int:
             if "peers" in sections:
                 say(f"against the peers: {WORKERS} workers each, runs alternated")
                 results["peers"] = bench_peers(
-                    model_dir, env, bodies, args.repeats, args.seconds, args.peers_dir
+                    model_dir, env, bodies, args.peer_repeats, args.peer_seconds, args.peers_dir
                 )
             if "drop_in" in sections:
                 say("KServe's own client (V1 and V2) against the inference function")
@@ -1158,8 +1165,10 @@ def main(argv: list[str] | None = None) -> int:
     args.markdown.write_text(
         "# Benchmarks\n\nProduced by `make bench` (bench/run.py) on "
         f"{info['date']}: {info['cpu']}, {info['cores']} cores, Python {info['python']}. "
-        f"Medians of {args.repeats} runs of {args.seconds:.0f} s each, all measured in the same "
-        "run, the servers compared taking turns run by run; ratios are taken side by side. "
+        f"Against the peers: medians of {args.peer_repeats} runs of {args.peer_seconds:.0f} s "
+        "per server and concurrency, the servers taking turns run by run; elsewhere medians of "
+        f"{args.repeats} runs ({args.seconds:.0f} s each for HTTP). Everything is measured in "
+        "the same run and ratios are taken side by side. "
         "Raw numbers: bench/results/latest.json. What bounds each figure, and what was done to "
         "get there: [performance.md](performance.md).\n\n"
         f"![throughput]({args.markdown.with_suffix('.png').name})\n\n{report}\n"
