@@ -1,18 +1,11 @@
 """`lepton serve`: one function server process per CPU, each a full `serve_process`.
 
 Python runs one thread at a time, so a function whose requests are short and CPU-bound (the
-inference function) answers more with a process per core. The parent binds $PORT once and the
-workers accept from that one socket, each only once its model is loaded, and drain on SIGTERM;
-the parent forwards signals, restarts a worker that dies, and relays a worker's announcement (a
-new model went live) to the others. Metrics are summed across workers with prometheus-client's
+inference function) answers more with a process per core. Each worker binds $PORT with
+SO_REUSEPORT (the kernel spreads connections), loads its own model and drains on SIGTERM; the
+parent forwards signals, restarts a worker that dies, and relays a worker's announcement (a new
+model went live) to the others. Metrics are summed across workers with prometheus-client's
 multiprocess mode.
-
-One shared socket rather than one per worker with SO_REUSEPORT: the kernel spreads
-SO_REUSEPORT connections by a hash of their addresses, which for the few long-lived connections
-of a proxy (or a load generator) is often lopsided (2 and 6 of 8, the same split run after run)
-and keeps one worker queueing while the other idles; from one socket, a worker that is busy
-does not accept, so connections go where there is room. Connections that arrive while no worker
-accepts yet (all still loading) wait in the backlog; a worker that dies leaves none behind.
 """
 
 from __future__ import annotations
@@ -22,7 +15,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -90,15 +82,15 @@ class _Supervisor:
         self.pid = os.getpid()
 
     def run(self) -> None:
-        # Bound here (a taken port fails now, once, with a clear error) and inherited by every
-        # worker, including those started later.
-        sock = listening_socket(self.settings.host, self.settings.port)
+        # Bind once here, so a taken port fails now, once, with a clear error. It is closed
+        # before forking: a listening socket no worker accepts on would swallow connections.
+        listening_socket(self.settings.host, self.settings.port, reuse_port=True).close()
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         signal.signal(signal.SIGUSR1, self._relay)
         settle_heap()  # what the workers inherit stays shared, out of their collectors' way
         for _ in range(self.count):
-            self._fork(sock)
+            self._fork()
         log.info("workers started", extra={"workers": self.count, "port": self.settings.port})
         while self.children:
             try:
@@ -112,11 +104,10 @@ class _Supervisor:
             if not self.stopping:
                 log.warning("worker exited; starting another", extra={"pid": pid, "status": status})
                 time.sleep(0.5)
-                self._fork(sock)
-        sock.close()
+                self._fork()
         log.info("stopped")
 
-    def _fork(self, sock: socket.socket) -> None:
+    def _fork(self) -> None:
         pid = os.fork()
         if pid:
             self.children.add(pid)
@@ -137,7 +128,9 @@ class _Supervisor:
                 self.function_dir,
                 self.settings,
                 self.grace,
-                listen=lambda: sock,
+                listen=lambda: listening_socket(
+                    self.settings.host, self.settings.port, reuse_port=True
+                ),
                 ready_wait=_READY_WAIT_SECONDS,
             )
         except BaseException:
