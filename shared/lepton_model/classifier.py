@@ -48,7 +48,7 @@ class Classifier:
         self.metadata = metadata
         self.predictor = predictor
         self.top_k = max(1, min(top_k, len(metadata.labels)))
-        self._labels = np.asarray(metadata.labels, dtype=object)
+        self._labels = tuple(str(label) for label in metadata.labels)
 
     @property
     def name(self) -> str:
@@ -75,10 +75,11 @@ class Classifier:
         return self.predictor.predict(batch)
 
     def predictions(self, probabilities: np.ndarray) -> list[Prediction]:
-        order = np.argsort(-probabilities, axis=1)[:, : self.top_k]
+        order = np.argsort(-probabilities, axis=1)[:, : self.top_k].tolist()
+        labels = self._labels
         results = []
-        for row, best in zip(probabilities, order, strict=True):
-            top = tuple((str(self._labels[i]), round(float(row[i]), 6)) for i in best)
+        for row, best in zip(probabilities.tolist(), order, strict=True):
+            top = tuple((labels[i], round(row[i], 6)) for i in best)
             results.append(Prediction(label=top[0][0], confidence=top[0][1], top_k=top))
         return results
 

@@ -16,8 +16,7 @@ import io
 import math
 import threading
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,18 +78,35 @@ class DecodeBudget:
     def held(self) -> int:
         return self._held
 
-    @contextmanager
-    def hold(self, cost: int, capacity: int) -> Iterator[None]:
+    def hold(self, cost: int, capacity: int) -> _Holding:
+        """`with budget.hold(cost, capacity):` holds `cost` bytes for the block."""
+        return _Holding(self, cost, capacity)
+
+    def _take(self, cost: int, capacity: int) -> None:
         with self._changed:
             while self._held and self._held + cost > capacity:
                 self._changed.wait()
             self._held += cost
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._held -= cost
-                self._changed.notify_all()
+
+    def _give_back(self, cost: int) -> None:
+        with self._changed:
+            self._held -= cost
+            self._changed.notify_all()
+
+
+class _Holding:
+    """One decode's hold on the budget (a plain context manager: it runs for every image)."""
+
+    __slots__ = ("_budget", "_capacity", "_cost")
+
+    def __init__(self, budget: DecodeBudget, cost: int, capacity: int) -> None:
+        self._budget, self._cost, self._capacity = budget, cost, capacity
+
+    def __enter__(self) -> None:
+        self._budget._take(self._cost, self._capacity)
+
+    def __exit__(self, *exc: object) -> None:
+        self._budget._give_back(self._cost)
 
 
 DECODE_BUDGET = DecodeBudget()
@@ -119,7 +135,7 @@ def decode_image(
     with DECODE_BUDGET.hold(cost, limits.max_decode_bytes):
         try:
             image.load()
-            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+            orientation = _orientation(image)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise NotAnImageError(f"the image data is truncated or corrupt ({exc})") from exc
         working = _reduce(image)
@@ -128,15 +144,30 @@ def decode_image(
         working.getexif()[_EXIF_ORIENTATION] = orientation  # the cached Exif exif_transpose reads
         working = ImageOps.exif_transpose(working)
     working = _to_channels(working, prep)
-    gray = np.asarray(working if working.mode == "L" else working.convert("L"))
+    # From here on the working image is a uint8 array: cropping is a slice and padding a fill,
+    # and Pillow is called again only when the result must be resized.
+    pixels = _array(working)
+    gray = pixels if pixels.ndim == 2 else _array(working.convert("L"))
     background = _border_level(gray)
     if prep.crop:
-        working = _crop_to_content(working, gray, background)
-    array = _fit(working, prep, background)
+        pixels = _crop_to_content(pixels, gray, background)
+    array = _fit(pixels, working.mode, prep, background)
     # Judged on the whole image's border, before cropping put ink at the edges.
     if prep.background != "keep" and (background > 127.5) == (prep.background == "dark"):
         np.subtract(255.0, array, out=array)
     return array
+
+
+# Where Pillow finds a PNG's orientation: an eXIf chunk, an ImageMagick text chunk, XMP.
+_PNG_ORIENTATION_SOURCES = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1 = as stored). A PNG with none of the chunks Pillow reads it from
+    is upright without building its Exif (most PNGs: ~10 µs a request)."""
+    if image.format == "PNG" and not any(key in image.info for key in _PNG_ORIENTATION_SOURCES):
+        return 1
+    return image.getexif().get(_EXIF_ORIENTATION, 1)
 
 
 def open_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
@@ -336,6 +367,14 @@ def _composite_alpha(image: Image.Image) -> Image.Image:
     return Image.fromarray(flat.astype(np.uint8), mode="RGB")
 
 
+def _array(image: Image.Image) -> np.ndarray:
+    """An L or RGB image's pixels as a read-only uint8 array (without numpy's array-interface
+    round trip, which costs more than the copy for small images)."""
+    width, height = image.size
+    shape = (height, width) if image.mode == "L" else (height, width, 3)
+    return np.frombuffer(image.tobytes(), dtype=np.uint8).reshape(shape)
+
+
 def _border_level(gray: np.ndarray) -> float:
     """Median brightness of the outermost pixel ring of a 2-D image: its background."""
     ring = np.concatenate((gray[0, :], gray[-1, :], gray[1:-1, 0], gray[1:-1, -1]))
@@ -348,15 +387,19 @@ def _border_level(gray: np.ndarray) -> float:
 _CONTENT_THRESHOLD = 64
 
 
-def _crop_to_content(image: Image.Image, gray: np.ndarray, background: float) -> Image.Image:
+_LEVELS = np.arange(256)
+# Which gray levels count as content, for each background level (one lookup does the compare).
+_CONTENT = np.abs(_LEVELS[np.newaxis, :] - _LEVELS[:, np.newaxis]) > _CONTENT_THRESHOLD
+
+
+def _crop_to_content(pixels: np.ndarray, gray: np.ndarray, background: float) -> np.ndarray:
     """Cut to the bounding box of the pixels that stand out from the background."""
-    content = (gray < background - _CONTENT_THRESHOLD) | (gray > background + _CONTENT_THRESHOLD)
+    content = _CONTENT[int(background)][gray]  # the background is one of the gray levels
     rows = np.flatnonzero(content.any(axis=1))
     if rows.size == 0:
-        return image  # blank: nothing to centre on
+        return pixels  # blank: nothing to centre on
     cols = np.flatnonzero(content.any(axis=0))
-    box = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
-    return image if box == (0, 0, *image.size) else image.crop(box)
+    return pixels[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 
 _REDUCING_GAP = 3.0
@@ -368,11 +411,12 @@ def _canvas_pixels(width: int, height: int, prep: Preprocessing) -> float:
     return prep.width * prep.height * scale * scale
 
 
-def _fit(image: Image.Image, prep: Preprocessing, background: float) -> np.ndarray:
+def _fit(pixels: np.ndarray, mode: str, prep: Preprocessing, background: float) -> np.ndarray:
     """Resize to the model's input size; with fit='pad' the aspect ratio is kept and the rest
-    of the input is filled with the background colour (on a canvas a few times the target)."""
-    width, height = image.size
-    target = (prep.width, prep.height)
+    of the input is filled with the background colour (on a canvas a few times the target).
+    `pixels` are an image of `mode` (L or RGB); the answer is float32 (height, width, channels).
+    """
+    height, width = pixels.shape[:2]
     if prep.fit == "pad" and width * prep.height != height * prep.width:
         # Reduce first by the factor the resize below would use (its reducing_gap), so the
         # padded canvas stays within a few times the target whatever the image's aspect.
@@ -382,20 +426,24 @@ def _fit(image: Image.Image, prep: Preprocessing, background: float) -> np.ndarr
         ):
             factor += 1
         if factor > 1:
-            image = image.reduce(factor)
-            width, height = image.size
+            pixels = _array(Image.fromarray(pixels, mode).reduce(factor))
+            height, width = pixels.shape[:2]
         scale = max(width / prep.width, height / prep.height)
-        canvas_size = (
-            max(width, round(prep.width * scale)),
-            max(height, round(prep.height * scale)),
+        canvas_width = max(width, round(prep.width * scale))
+        canvas_height = max(height, round(prep.height * scale))
+        canvas = np.full(
+            (canvas_height, canvas_width, *pixels.shape[2:]), round(background), np.uint8
         )
-        fill = round(background)
-        canvas = Image.new(image.mode, canvas_size, (fill,) * len(image.getbands()))
-        canvas.paste(image, ((canvas_size[0] - width) // 2, (canvas_size[1] - height) // 2))
-        image = canvas
-    if image.size != target:
-        image = image.resize(target, Image.Resampling.BILINEAR, reducing_gap=_REDUCING_GAP)
-    array = np.array(image, dtype=np.float32)  # a writable copy
+        top, left = (canvas_height - height) // 2, (canvas_width - width) // 2
+        canvas[top : top + height, left : left + width] = pixels
+        pixels = canvas
+        height, width = pixels.shape[:2]
+    if (width, height) != (prep.width, prep.height):
+        image = Image.fromarray(pixels, mode).resize(
+            (prep.width, prep.height), Image.Resampling.BILINEAR, reducing_gap=_REDUCING_GAP
+        )
+        pixels = _array(image)
+    array = pixels.astype(np.float32)  # a writable copy
     if array.ndim == 2:
         array = array[..., np.newaxis]
     return array

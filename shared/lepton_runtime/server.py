@@ -43,7 +43,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from werkzeug.wrappers import Response
 
 from lepton_runtime.emit import event_from_http
-from lepton_runtime.processes import bound_heap
+from lepton_runtime.processes import bound_heap, settle_heap
 from lepton_runtime.settings import Settings
 
 log = logging.getLogger("lepton.server")
@@ -53,7 +53,7 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 # Paths handed to main(context); anything else is a JSON 404.
-_MAIN_PATHS = ("/",)
+_MAIN_PATHS = ("/", "/v2")
 _MAIN_PREFIXES = ("/v1/", "/v2/")
 _MAIN_METHODS = ("GET", "HEAD", "POST")
 _JSON = [(b"content-type", b"application/json")]
@@ -63,7 +63,8 @@ class FunctionService(Protocol):
     """What a func.py may expose as `service` for the server's lifecycle hooks.
 
     Optional too: `max_workers` (an int: how many processes may serve it at once; the training
-    function says 1), `metrics` (rendered at /metrics), `inline(request)` (True when main answers
+    function says 1), `wait_ready(timeout)` (block until ready; else `ready()` is polled),
+    `metrics` (rendered at /metrics), `inline(request)` (True when main answers
     the request from memory, without blocking I/O: it then runs on the event loop),
     `changed()` (shared state changed: re-read it; called in every worker when one of them
     announces a change) and `announce` (set by the server: call it to make the other workers'
@@ -139,6 +140,13 @@ class FunctionApp:
                 return await _send(send, 200, b'{"status":"alive"}', _JSON)
             if path == "/health/readiness":
                 return await self._readiness(send)
+            # The Open Inference Protocol's (V2) server health, in its format.
+            if path == "/v2/health/live":
+                return await _send(send, 200, b'{"live":true}', _JSON)
+            if path == "/v2/health/ready":
+                ready = self._ready()
+                body = b'{"ready":true}' if ready else b'{"ready":false}'
+                return await _send(send, 200 if ready else 503, body, _JSON)
             if path == "/metrics" and self.metrics is not None:
                 body, content_type = self.metrics.render()
                 return await _send(send, 200, body, [(b"content-type", content_type.encode())])
@@ -150,10 +158,14 @@ class FunctionApp:
             return await _send(send, 405, error_json(405, "method_not_allowed", message), headers)
         await self._main(scope, receive, send)
 
+    def _ready(self) -> bool:
+        """Ready to take requests: not draining, and the function says it is ready."""
+        return not self.draining.is_set() and (self.service is None or self.service.ready())
+
     async def _readiness(self, send: Send) -> None:
         if self.draining.is_set():
             return await _send(send, 503, b'{"status":"draining"}', _JSON)
-        ready = self.service is None or self.service.ready()
+        ready = self._ready()
         state: dict[str, Any] = {"status": "ready" if ready else "loading"}
         detail = getattr(self.service, "readiness_detail", None)
         if detail is not None:
@@ -210,6 +222,9 @@ class FunctionApp:
 
     def _request(self, scope: Scope, headers: dict[str, str], body: bytes) -> Request:
         request = Request(_environ(scope, headers, body))
+        # The body is read whole already: werkzeug's own cache of it (what get_data() fills and
+        # its form parser reads from) spares every reader the stream wrappers.
+        request._cached_data = body
         # Bounds for werkzeug's own parsers (forms), without needing Flask's app context.
         request.max_content_length = self.settings.max_body_bytes
         request.max_form_parts = self.settings.max_form_parts
@@ -335,39 +350,94 @@ async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes,
 
 async def _send_response(send: Send, response: Response) -> None:
     body = response.get_data()
-    headers = [
-        (name.lower().encode("latin-1"), value.encode("latin-1"))
-        for name, value in response.headers.items()
-        if name.lower() != "content-length"
-    ]
+    headers = []
+    for name, value in response.headers:
+        lower = name.lower()
+        if lower != "content-length":
+            headers.append((lower.encode("latin-1"), value.encode("latin-1")))
     await _send(send, response.status_code, body, headers)
 
 
+class _OneWrite:
+    """The transport a response is written to, sending its status line and headers together
+    with the first piece of its body.
+
+    uvicorn writes the head and the body with two `transport.write` calls: two send() system
+    calls and, with TCP_NODELAY, two TCP segments for every response. Held here, the head goes
+    out with the body in one; anything written before the response starts (100 Continue) goes
+    at once, and nothing is held past the response or a close.
+    """
+
+    __slots__ = ("_cycle", "_done", "_head", "_held", "_transport")
+
+    def __init__(self, cycle: Any) -> None:
+        self._transport = cycle.transport
+        self._cycle = cycle
+        self._done: Callable[[], None] = cycle.on_response
+        self._head: bytes | None = None
+        self._held = False  # the head was seen (held or sent)
+        cycle.transport = self
+        cycle.on_response = self._finish
+
+    def write(self, data: bytes) -> None:
+        if self._head is not None:
+            data, self._head = self._head + data, None
+        elif not self._held and self._cycle.response_started:
+            self._head, self._held = data, True
+            return
+        self._transport.write(data)
+
+    def flush(self) -> None:
+        if self._head is not None:
+            head, self._head = self._head, None
+            self._transport.write(head)
+
+    def _finish(self) -> None:
+        self.flush()  # a head without a body (HEAD, 204) is still held
+        self._done()
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class _Protocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a bound on request line + headers (httptools has none)
-    and its own error answers in the functions' JSON format."""
+    """uvicorn's httptools protocol with a bound on request line + headers (httptools has none),
+    its own error answers in the functions' JSON format, and each response written at once
+    (`_OneWrite`)."""
 
     max_header_bytes = 64 * 1024
+
+    def on_headers_complete(self) -> None:
+        previous = self.cycle
+        super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle is not previous:  # a request starts (not an upgrade)
+            _OneWrite(cycle)
+
+    _header_bytes = 0
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._header_bytes = 0
 
     def on_url(self, url: bytes) -> None:
-        self._count(len(url))
+        self._header_bytes += len(url)
+        if self._header_bytes > self.max_header_bytes:
+            raise httptools.HttpParserError("request line and headers too large")
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value))
-        super().on_header(name, value)
-
-    def _count(self, size: int) -> None:
-        self._header_bytes = getattr(self, "_header_bytes", 0) + size
+        self._header_bytes += len(name) + len(value)
         if self._header_bytes > self.max_header_bytes:
             raise httptools.HttpParserError("request line and headers too large")
+        super().on_header(name, value)
 
     def send_400_response(self, msg: str) -> None:
-        large = getattr(self, "_header_bytes", 0) > self.max_header_bytes
+        large = self._header_bytes > self.max_header_bytes
         status, code = (431, "headers_too_large") if large else (400, "bad_request")
         text = (
             f"the request line and headers are over {self.max_header_bytes} bytes"
@@ -419,9 +489,14 @@ def serve_process(
     service = app.service
     if service is not None:
         service.start()
-        deadline = time.monotonic() + ready_wait
-        while time.monotonic() < deadline and not service.ready():
-            time.sleep(0.02)
+        wait_ready = getattr(service, "wait_ready", None)
+        if wait_ready is not None:
+            wait_ready(ready_wait)
+        else:
+            deadline = time.monotonic() + ready_wait
+            while time.monotonic() < deadline and not service.ready():
+                time.sleep(0.02)
+    settle_heap()  # the model and everything loaded so far live as long as the process
     sock = listen() if listen else listening_socket(settings.host, settings.port)
     config = uvicorn.Config(
         app,
@@ -435,6 +510,9 @@ def serve_process(
         date_header=False,
         timeout_keep_alive=settings.keep_alive_seconds,
         timeout_graceful_shutdown=int(grace_seconds),
+        # Nothing here reads the client's address; X-Forwarded-* rewriting is one more ASGI
+        # layer on every request for nothing.
+        proxy_headers=False,
     )
     server = _Server(config, app.draining)
     log.info(

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lepton_runtime.processes import die_with_parent
+from lepton_runtime.processes import die_with_parent, settle_heap
 from lepton_runtime.server import listening_socket, load_function, serve_process
 from lepton_runtime.settings import Settings
 
@@ -88,6 +88,7 @@ class _Supervisor:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         signal.signal(signal.SIGUSR1, self._relay)
+        settle_heap()  # what the workers inherit stays shared, out of their collectors' way
         for _ in range(self.count):
             self._fork()
         log.info("workers started", extra={"workers": self.count, "port": self.settings.port})

@@ -241,6 +241,9 @@ def _function_settings() -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from lepton_runtime.processes import quiet_collector
+
+    quiet_collector()  # until the server has loaded (it calls settle_heap)
     from lepton_runtime.workers import serve
 
     settings = _function_settings()

@@ -127,3 +127,54 @@ def test_any_tfserving_payload_parses_to_the_input_shape_or_fails_typed(payload:
 @given(st.lists(st.lists(st.lists(st.floats(width=32), max_size=3), max_size=3), max_size=3))
 def test_numeric_instances_of_any_shape_parse_or_fail_typed(instances: list) -> None:
     _only_typed_errors(lambda: codecs.parse_tfserving({"instances": instances}, (2, 2, 1), 8))
+
+
+v2_tensors = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(["image", "x"]) | leaves,
+        "shape": st.lists(st.integers(-1, 4), max_size=5) | leaves,
+        "datatype": st.sampled_from(["BYTES", "FP32", "UINT8", "FP16", "BOOL", "STRING"]) | leaves,
+    },
+    optional={
+        "data": json_values
+        | st.lists(st.floats(width=32), max_size=8)
+        | st.lists(st.sampled_from(["eA==", "%%", "", "AAAA"]), max_size=4),
+        "parameters": st.fixed_dictionaries(
+            {}, optional={"binary_data_size": st.integers(-1, 40) | leaves}
+        )
+        | leaves,
+    },
+)
+
+
+@PROPERTY
+@given(
+    st.fixed_dictionaries(
+        {"inputs": st.lists(v2_tensors, max_size=2) | json_values},
+        optional={
+            "id": st.text(max_size=3) | leaves,
+            "outputs": st.lists(
+                st.fixed_dictionaries({"name": st.sampled_from(["probabilities", "y"])}),
+                max_size=2,
+            )
+            | json_values,
+            "parameters": st.fixed_dictionaries({}, optional={"binary_data_output": st.booleans()})
+            | leaves,
+        },
+    )
+    | json_values,
+    st.binary(max_size=40),
+)
+def test_any_v2_request_parses_to_the_input_shape_or_fails_typed(
+    payload: Any, binary: bytes
+) -> None:
+    parsed = _only_typed_errors(lambda: codecs.parse_v2_infer(payload, binary, (2, 2, 1), 8))
+    if parsed is None:
+        return
+    if isinstance(parsed.inputs, codecs.TensorInput):
+        assert parsed.inputs.array.shape[1:] == (2, 2, 1)
+        assert parsed.inputs.array.dtype == np.float32
+        assert np.isfinite(parsed.inputs.array).all()
+    else:
+        assert 1 <= len(parsed.inputs.images) <= 8
+        assert all(isinstance(data, bytes) and data for _, data in parsed.inputs.images)

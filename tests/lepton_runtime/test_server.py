@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import subprocess
 import textwrap
 import threading
@@ -20,7 +21,7 @@ from cloudevents.http import CloudEvent
 from asgi_client import ASGITestClient
 from lepton_runtime.emit import binary_http
 from lepton_runtime.metrics import FunctionMetrics
-from lepton_runtime.server import build_app
+from lepton_runtime.server import _OneWrite, build_app
 from lepton_runtime.settings import Settings
 
 
@@ -145,3 +146,92 @@ def test_sigterm_finishes_the_request_in_flight_then_exits(
     assert answers and answers[0].status_code == 200
     assert answers[0].text == "done"
     assert code == 0
+
+
+class _Cycle:
+    """What _OneWrite sees of uvicorn's RequestResponseCycle."""
+
+    def __init__(self) -> None:
+        raw = SimpleNamespace(writes=[], closed=False)
+        raw.write = raw.writes.append
+        raw.close = lambda: setattr(raw, "closed", True)
+        self.transport = raw
+        self.response_started = False
+        self.completed = 0
+        self.on_response = lambda: setattr(self, "completed", self.completed + 1)
+
+
+def test_a_response_head_goes_out_with_its_body_in_one_write() -> None:
+    cycle = _Cycle()
+    sent = cycle.transport.writes
+    _OneWrite(cycle)
+    cycle.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # before the response: at once
+    assert sent == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+    cycle.response_started = True
+    cycle.transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    assert len(sent) == 1
+    cycle.transport.write(b"body")
+    cycle.transport.write(b"more")
+    assert sent[1:] == [b"HTTP/1.1 200 OK\r\n\r\nbody", b"more"]
+    cycle.on_response()
+    assert cycle.completed == 1
+
+
+def test_a_head_without_body_is_sent_when_the_response_completes_or_closes() -> None:
+    for finish in ("on_response", "close"):
+        cycle = _Cycle()
+        sent, raw = cycle.transport.writes, cycle.transport
+        _OneWrite(cycle)
+        cycle.response_started = True
+        cycle.transport.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        assert sent == []
+        getattr(cycle, finish)() if finish == "on_response" else cycle.transport.close()
+        assert sent == [b"HTTP/1.1 204 No Content\r\n\r\n"]
+        assert raw.closed == (finish == "close")
+
+
+@pytest.fixture
+def echo_function(tmp_path: Path) -> Path:
+    folder = tmp_path / "echo"
+    folder.mkdir()
+    (folder / "func.py").write_text("def main(context):\n    return context.request.get_data()\n")
+    return folder
+
+
+def _http(sock: socket.socket, until: bytes, count: int = 1) -> bytes:
+    data = b""
+    while data.count(until) < count:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+@pytest.mark.slow
+def test_real_server_answers_head_pipelined_and_100_continue_requests(
+    echo_function: Path, serve_function
+) -> None:
+    _, url = serve_function(echo_function, env={"LEPTON_WORKERS": "1"})
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = _http(sock, b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and head.endswith(b"\r\n\r\n")
+        # Two requests in one segment: two answers, in order.
+        sock.sendall(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\none"
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\ntwo"
+        )
+        both = _http(sock, b"HTTP/1.1 200", 2)
+        while not both.endswith(b"two"):
+            both += sock.recv(65536)
+        assert both.index(b"one") < both.index(b"two")
+        # A client waiting for 100 Continue gets it before it sends the body.
+        sock.sendall(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+        )
+        assert _http(sock, b"\r\n\r\n").startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(b"hello")
+        answer = _http(sock, b"hello")
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"hello")

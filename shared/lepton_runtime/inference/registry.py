@@ -21,7 +21,6 @@ import logging
 import os
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -59,6 +58,7 @@ class ModelRegistry:
         self._metrics = metrics
         self._loader: Loader = loader or load_classifier  # type: ignore[assignment]
         self._current: Classifier | None = None
+        self._loaded = threading.Event()  # set once any model is live
         self._load_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -106,6 +106,7 @@ class ModelRegistry:
                     self._metrics.model_load_failed()
                 raise
             self._current = classifier
+            self._loaded.set()
             self.last_error = ""
             if self._metrics:
                 self._metrics.model_loaded(
@@ -222,10 +223,8 @@ class ModelRegistry:
             delay = interval if interval > 0 else 3600.0
 
     def wait_loaded(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while self._current is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return self._current is not None
+        """Block until a model is live (True) or `timeout` seconds passed (False)."""
+        return self._loaded.wait(timeout)
 
     def status(self) -> dict[str, Any]:
         """What readiness says about this model."""

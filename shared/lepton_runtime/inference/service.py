@@ -1,8 +1,9 @@
 """The inference data plane: decode -> infer -> encode, behind parliament's `main(context)`.
 
 `InferenceService.handle(context)` serves every route of the inference function: image bodies,
-multipart forms, TF-Serving JSON, the V1 model routes and inbound object events. It never lets an
-exception escape: every error becomes the JSON error body and status from `protocol`.
+multipart forms, TF-Serving JSON, the KServe V1 and Open Inference Protocol (V2) model routes and
+inbound object events. It never lets an exception escape: every error becomes the JSON error
+body (in the route's protocol) and status from `protocol`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any
 
 import numpy as np
@@ -55,18 +57,30 @@ from lepton_runtime.protocol import (
     failure_reply,
     json_response,
     respond,
+    v2_error_body,
 )
 from lepton_runtime.settings import Settings
 from lepton_runtime.storage import Storage
 
 log = logging.getLogger("lepton.infer")
 
-_V1_PREFIX = "/v1/models/"
-_MODEL_ROUTE_PREFIXES = ("/v1/models/", "/v2/")
+_V1_PREFIX = "/v1/models"
+_V2_PREFIX = "/v2"
+_MODEL_ROUTE_PREFIXES = (_V1_PREFIX, _V2_PREFIX)
 _INLINE_TYPES = ("application/octet-stream", "multipart/form-data")
 # What clients send when they do not say (curl -d / --data-binary, plain text): sniffed.
 _GENERIC_TYPES = ("", "application/x-www-form-urlencoded", "text/plain")
 _MAX_RESULT_BYTES = 1024 * 1024
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("lepton-functions")
+    except metadata.PackageNotFoundError:
+        return "0"
+
+
+_VERSION = _package_version()  # GET /v2 (V2 server metadata)
 
 
 @dataclass(frozen=True)
@@ -130,6 +144,10 @@ class InferenceService:
     def ready(self) -> bool:
         return self.registry.current is not None
 
+    def wait_ready(self, timeout: float) -> bool:
+        """Block until ready, at most `timeout` seconds (the server's start waits on it)."""
+        return self.registry.wait_loaded(timeout)
+
     def readiness_detail(self) -> dict[str, Any]:
         """Why readiness says what it says: the model, its version, the last load error."""
         return self.registry.status()
@@ -155,8 +173,11 @@ class InferenceService:
 
     def _route(self, request: Request, cloud_event: Any) -> Work:
         """Which kind of request this is (for metrics) and the work that answers it."""
-        if request.path.startswith(_V1_PREFIX):
+        path = request.path
+        if path.startswith(_V1_PREFIX):
             return Work("tfserving", lambda: self._v1(request))
+        if path == _V2_PREFIX or path.startswith("/v2/"):
+            return Work("v2", lambda: self._v2(request), error_body=v2_error_body)
         if request.method != "POST":
             return Work("other", self._describe)
         if cloud_event is not None:
@@ -203,9 +224,14 @@ class InferenceService:
         return failure_reply(INFERENCE_FAILED, self.event_source, origin, subject)
 
     def _v1(self, request: Request) -> Response:
-        """TF-Serving / KServe V1: GET /v1/models/<name>, POST /v1/models/<name>:predict."""
+        """TF-Serving / KServe V1: GET /v1/models, GET /v1/models/<name>,
+        POST /v1/models/<name>:predict."""
         rest = request.path[len(_V1_PREFIX) :]
-        name, _, verb = rest.partition(":")
+        if rest in ("", "/") and request.method == "GET":
+            return json_response({"models": [self.settings.model_name]})
+        if not rest.startswith("/"):
+            raise NotFoundError(f"no route {request.method} {request.path}")
+        name, _, verb = rest[1:].partition(":")
         if name != self.settings.model_name:
             raise NotFoundError(
                 f"model {name!r} is not served here; try {self.settings.model_name!r}"
@@ -216,10 +242,83 @@ class InferenceService:
             return self._tfserving(self._json(self._body(request)))
         raise NotFoundError(f"no route {request.method} {request.path}")
 
+    def _v2(self, request: Request) -> Response:
+        """The Open Inference Protocol's model routes (health is answered by the server):
+        GET /v2, GET /v2/models/<name>[/versions/<v>][/ready], POST .../infer."""
+        parts = request.path.strip("/").split("/")[1:]
+        method = request.method
+        if not parts and method == "GET":
+            return json_response(
+                {"name": "lepton-infer", "version": _VERSION, "extensions": ["binary_tensor_data"]}
+            )
+        if len(parts) < 2 or parts[0] != "models":
+            raise NotFoundError(f"no route {method} {request.path}")
+        name, rest = parts[1], parts[2:]
+        if name != self.settings.model_name:
+            raise NotFoundError(
+                f"model {name!r} is not served here; try {self.settings.model_name!r}"
+            )
+        version = None
+        if rest[:1] == ["versions"] and len(rest) >= 2:
+            version, rest = rest[1], rest[2:]
+        if rest == ["infer"] and method == "POST":
+            return self._v2_infer(request, version)
+        if rest == ["ready"] and method == "GET":
+            classifier = self.registry.current
+            ready = classifier is not None and version in (None, classifier.version)
+            return json_response({"name": name, "ready": ready}, 200 if ready else 503)
+        if not rest and method == "GET":
+            classifier = self._require(version)
+            return json_response(
+                codecs.v2_model_metadata(
+                    classifier.name,
+                    classifier.version,
+                    classifier.predictor.runtime,
+                    classifier.input_shape,
+                    classifier.metadata.labels,
+                )
+            )
+        raise NotFoundError(f"no route {method} {request.path}")
+
+    def _require(self, version: str | None) -> Classifier:
+        """The live model, which must be `version` when a route names one."""
+        classifier = self.registry.require()
+        if version is not None and version != classifier.version:
+            raise NotFoundError(
+                f"version {version!r} of {classifier.name!r} is not served here; "
+                f"the live version is {classifier.version!r}"
+            )
+        return classifier
+
+    def _v2_infer(self, request: Request, version: str | None) -> Response:
+        classifier = self._require(version)
+        body = self._body(request)
+        json_length = codecs.v2_json_length(
+            request.headers.get(codecs.V2_JSON_LENGTH_HEADER), len(body)
+        )
+        header, binary = (
+            (body, b"")
+            if json_length is None
+            else (
+                body[:json_length],
+                body[json_length:],
+            )
+        )
+        parsed = codecs.parse_v2_infer(
+            self._json(header), binary, classifier.input_shape, self.settings.max_batch_images
+        )
+        probabilities = classifier.probabilities(self._batch(classifier, parsed.inputs))
+        answer, headers = codecs.v2_infer_answer(
+            classifier.name, classifier.version, parsed, probabilities
+        )
+        return Response(answer, status=200, headers=headers)
+
     def _describe(self) -> Response:
+        """GET /: what this function is and serves; `status` answers KServe V1's liveness."""
         classifier = self.registry.current
         return json_response(
             {
+                "status": "alive",
                 "function": "infer",
                 "model": codecs.model_info(classifier.name, classifier.version)
                 if classifier
@@ -286,6 +385,10 @@ class InferenceService:
     # --- inference ----------------------------------------------------------------------------
 
     def _classify(self, classifier: Classifier, images: list[tuple[str, bytes]]) -> list:
+        return classifier.classify(self._decode_all(classifier, images))
+
+    def _decode_all(self, classifier: Classifier, images: list[tuple[str, bytes]]) -> np.ndarray:
+        """Decode named images into one batch; an error names the image when there are several."""
         codecs.check_batch(len(images), self.settings.max_batch_images)
         arrays = []
         for name, data in images:
@@ -296,24 +399,29 @@ class InferenceService:
                     raise type(exc)(f"{name}: {exc}") from exc
                 raise
         self.metrics.batch(len(arrays))
-        return classifier.classify(np.stack(arrays))
+        return arrays[0][np.newaxis] if len(arrays) == 1 else np.stack(arrays)
 
     def _answer_images(self, images: list[tuple[str, bytes]]) -> Response:
         classifier = self.registry.require()
         predictions = self._classify(classifier, images)
         return json_response(codecs.image_answer(classifier.name, classifier.version, predictions))
 
+    def _batch(
+        self, classifier: Classifier, inputs: codecs.ImagesInput | codecs.TensorInput
+    ) -> np.ndarray:
+        """The model's input batch: a tensor as sent, or the images decoded."""
+        if isinstance(inputs, codecs.TensorInput):
+            self.metrics.batch(len(inputs.array))
+            return inputs.array
+        return self._decode_all(classifier, list(inputs.images))
+
     def _tfserving(self, payload: Any) -> Response:
         classifier = self.registry.require()
         parsed = codecs.parse_tfserving(
             payload, classifier.input_shape, self.settings.max_batch_images
         )
-        if isinstance(parsed, codecs.TensorInput):
-            batch = parsed.array
-        else:
-            batch = np.stack([classifier.decode(data, self.limits) for _, data in parsed.images])
-        self.metrics.batch(len(batch))
-        return json_response(codecs.tfserving_answer(classifier.probabilities(batch)))
+        probabilities = classifier.probabilities(self._batch(classifier, parsed))
+        return json_response(codecs.tfserving_answer(probabilities))
 
     # --- events -------------------------------------------------------------------------------
 

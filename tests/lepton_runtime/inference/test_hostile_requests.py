@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,10 +22,10 @@ import pytest
 import requests
 
 from hostile_images import HOSTILE_IMAGES, hostile_image
+from inference_server import serve_inference
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[3]
 PEAK_LIMIT_MB = 300
 ANSWER_SECONDS = 5.0
 MAX_BODY = 32 * 1024 * 1024  # the default LEPTON_MAX_BODY_BYTES
@@ -49,79 +45,13 @@ def _workers(pid: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def served(moto_server: str, model_dir: Path, tmp_path_factory, oidc) -> Iterator[dict[str, Any]]:
-    credentials = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1",
-    }
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=moto_server,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    bucket = "hostile-models"
-    for name in (bucket, "hostile-uploads", "hostile-results"):
-        s3.create_bucket(Bucket=name)
-    for path in model_dir.iterdir():
-        s3.put_object(Bucket=bucket, Key=f"digits/v1/{path.name}", Body=path.read_bytes())
-    s3.put_object(Bucket=bucket, Key="digits/latest.json", Body=b'{"version": "v1"}')
-    port = _free_port()
-    env = {
-        **os.environ,
-        **credentials,
-        **oidc.env("lepton-infer"),
-        "PORT": str(port),
-        "AWS_ENDPOINT_URL": moto_server,
-        "LEPTON_MODELS_BUCKET": bucket,
-        "LEPTON_UPLOADS_BUCKET": "hostile-uploads",
-        "LEPTON_RESULTS_BUCKET": "hostile-results",
-        "LEPTON_MODEL_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
-        "LEPTON_WORKERS": "2",
-        "LEPTON_LOG_LEVEL": "WARNING",
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    command = [sys.executable, "-m", "lepton_stack.cli", "serve", "infer"]
-    process = subprocess.Popen(
-        [*command, "--function-dir", str(ROOT / "functions" / "infer")],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while not _ready(url):
-        assert time.monotonic() < deadline, "the function never became ready"
-        time.sleep(0.2)
-    time.sleep(1.0)  # both workers load their model
-    yield {
-        "process": process,
-        "url": url,
-        "port": int(url.rsplit(":", 1)[1]),
-        "moto": moto_server,
-        "auth": oidc.headers("lepton-infer", exp=int(time.time()) + 3600),
-    }
-    peaks = {pid: _vm_hwm_mb(pid) for pid in _workers(process.pid)}
-    print(f"\nworker peak resident memory (VmHWM, MB): {peaks}")
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _ready(url: str) -> bool:
-    try:
-        return requests.get(f"{url}/health/readiness", timeout=2).status_code == 200
-    except requests.ConnectionError:
-        return False
+    cache = tmp_path_factory.mktemp("cache")
+    env = oidc.env("lepton-infer")
+    with serve_inference(moto_server, model_dir, cache, prefix="hostile", env=env) as served:
+        served["auth"] = oidc.headers("lepton-infer", exp=int(time.time()) + 3600)
+        yield served
+        peaks = {pid: _vm_hwm_mb(pid) for pid in _workers(served["process"].pid)}
+        print(f"\nworker peak resident memory (VmHWM, MB): {peaks}")
 
 
 @pytest.fixture(autouse=True)
