@@ -57,6 +57,7 @@ _MAIN_PATHS = ("/", "/v2")
 _MAIN_PREFIXES = ("/v1/", "/v2/")
 _MAIN_METHODS = ("GET", "HEAD", "POST")
 _JSON = [(b"content-type", b"application/json")]
+access_log = logging.getLogger("lepton.access")
 
 
 class FunctionService(Protocol):
@@ -129,6 +130,7 @@ class FunctionApp:
         self.draining = threading.Event()
         self.budget = BodyBudget(settings.body_budget_bytes)
         self._pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="main")
+        self.log_requests = settings.access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -173,25 +175,45 @@ class FunctionApp:
         await _send(send, 200 if ready else 503, orjson.dumps(state), _JSON)
 
     async def _main(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer one request through the function's `main`, and log it."""
+        started = time.perf_counter()
+        status = await self._answer_main(scope, receive, send)
+        if self.log_requests and access_log.isEnabledFor(logging.INFO):
+            # The health and metrics routes above are not logged: probes would drown the rest.
+            access_log.info(
+                "request",
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "ms": round((time.perf_counter() - started) * 1000, 2),
+                },
+            )
+
+    async def _answer_main(self, scope: Scope, receive: Receive, send: Send) -> int:
+        """The status answered (499 when the client left before its body was read)."""
         headers = _header_map(scope["headers"])
         limit = self.settings.max_body_bytes
         declared = _content_length(headers)
         reserved = min(declared, limit) if declared is not None else limit
         if declared is not None and declared > limit and "expect" in headers:
             # The client waits for 100 Continue before sending: refuse now, it sends nothing.
-            return await self._too_large(send, declared, close=True)
+            await self._too_large(send, declared, close=True)
+            return 413
         if not await self.budget.reserve(reserved, self.settings.body_wait_seconds):
             message = "the server holds as many request bodies as it may; retry shortly"
             headers_out = [*_JSON, (b"retry-after", b"1")]
-            return await _send(send, 503, error_json(503, "server_busy", message), headers_out)
+            await _send(send, 503, error_json(503, "server_busy", message), headers_out)
+            return 503
         request: Request | None = None
         try:
             try:
                 body = await _read_body(receive, limit, declared)
             except _TooLarge as exc:
-                return await self._too_large(send, declared, close=not exc.drained)
+                await self._too_large(send, declared, close=not exc.drained)
+                return 413
             if body is None:
-                return  # the client went away
+                return 499  # the client went away
             request = self._request(scope, headers, body)
             context = Context(request)
             if _may_hold_cloudevent(headers):
@@ -205,6 +227,7 @@ class FunctionApp:
                 loop = asyncio.get_running_loop()
                 response = await loop.run_in_executor(self._pool, self._invoke, context)
             await _send_response(send, response)
+            return response.status_code
         finally:
             if request is not None:
                 # werkzeug keeps the Request in its own environ (a reference cycle): break it,

@@ -114,6 +114,8 @@ class Settings:
     threads: int = 4
     workers: int = 0  # server processes; 0 = one per available CPU
     log_level: str = "INFO"
+    # One JSON line per request (method, path, status, milliseconds) on the function's log.
+    access_log: bool = True
     service: str = ""
     revision: str = ""
     s3: S3Settings = field(default_factory=S3Settings)
@@ -246,6 +248,7 @@ class Settings:
             threads=reader.int("LEPTON_THREADS", 4, minimum=1),
             workers=reader.int("LEPTON_WORKERS", 0, minimum=0, maximum=64),
             log_level=reader.str("LEPTON_LOG_LEVEL", "INFO").upper(),
+            access_log=reader.choice("LEPTON_ACCESS_LOG", "on", ("on", "off")) == "on",
             service=reader.str("K_SERVICE", ""),
             revision=reader.str("K_REVISION", ""),
             s3=S3Settings(

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from lepton_stack.state import (
     OVERLAYS,
@@ -289,6 +289,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import requests
 
     url = args.url or _state_or_exit(args)["functions"]["infer"]
+    target = url + "/" + (f"?{urlencode({'model': args.model})}" if args.model else "")
     status = 0
     files, missing = _image_files(args.files)
     for path in missing:
@@ -299,7 +300,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         try:
             response = requests.post(
-                url + "/",
+                target,
                 data=path.read_bytes(),
                 headers={"Content-Type": content_type},
                 timeout=30,
@@ -385,6 +386,11 @@ def cmd_models(args: argparse.Namespace) -> int:
                 f"{len(labels)} labels{marker}"
             )
         if live:
+            route = "POST /" if name == state["model"] else f"POST /?model={name}"
+            print(
+                f"  served: {route}, POST /v1/models/{name}:predict, "
+                f"uploads under {'images/' if name == state['model'] else f'images/{name}/'}"
+            )
             for plot in (HISTORY_PLOT, CONFUSION_PLOT):
                 key = store.artifact_key(name, live, plot)
                 local = kept / key_path(key)
@@ -578,6 +584,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             accuracy = "(incomplete)"
         marker = "  <- live" if version == live else ""
         print(f"  {version}  {accuracy}{marker}")
+    others = [name for name in store.models() if name != model]
+    for name in others:
+        pointer = store.pointer(name)
+        print(
+            f"model {name}: live {pointer.version if pointer else 'none'}; "
+            f"uploads under images/{name}/, `lepton predict --model {name}`"
+        )
     sqs = _client(state, "sqs")
     for label, url in state.get("queues", {}).items():
         attrs = sqs.get_queue_attributes(
@@ -740,6 +753,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("files", nargs="+", help="image files or folders")
     predict.add_argument("--url", help="inference function URL (default: the local stack's)")
+    predict.add_argument(
+        "--model",
+        help="the model to classify with, by name (default: the function's default model)",
+    )
     predict.add_argument("--json", action="store_true", help="print one JSON object per file")
     predict.set_defaults(func=cmd_predict)
 

@@ -235,3 +235,52 @@ def test_real_server_answers_head_pipelined_and_100_continue_requests(
         sock.sendall(b"hello")
         answer = _http(sock, b"hello")
         assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"hello")
+
+
+# --- request log --------------------------------------------------------------------------------
+
+
+def _request_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [
+        {k: getattr(r, k) for k in ("method", "path", "status", "ms")}
+        for r in caplog.records
+        if r.name == "lepton.access"
+    ]
+
+
+def test_every_request_to_main_logs_one_line_with_status_and_latency(client, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="lepton.access")
+
+    client.post("/", data=b"x")
+    client.get("/v1/models/digits")
+
+    lines = _request_lines(caplog)
+    assert [(x["method"], x["path"], x["status"]) for x in lines] == [
+        ("POST", "/", 200),
+        ("GET", "/v1/models/digits", 200),
+    ]
+    assert all(isinstance(x["ms"], float) and x["ms"] >= 0 for x in lines)
+
+
+def test_a_refused_body_is_logged_with_its_status(caplog) -> None:
+    caplog.set_level(logging.INFO, logger="lepton.access")
+    func = SimpleNamespace(main=lambda context: {}, service=None)
+    client = ASGITestClient(build_app(func, Settings.from_env({"LEPTON_MAX_BODY_BYTES": "10"})))
+
+    assert client.post("/", data=b"x" * 100).status_code == 413
+    assert [x["status"] for x in _request_lines(caplog)] == [413]
+
+
+def test_health_probes_are_not_logged(client, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="lepton.access")
+    client.get("/health/readiness")
+    client.get("/health/liveness")
+    assert _request_lines(caplog) == []
+
+
+def test_the_request_log_can_be_switched_off(fake, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="lepton.access")
+    func = SimpleNamespace(main=lambda context: {}, service=fake)
+    client = ASGITestClient(build_app(func, Settings.from_env({"LEPTON_ACCESS_LOG": "off"})))
+    client.post("/", data=b"x")
+    assert _request_lines(caplog) == []

@@ -303,6 +303,15 @@ def test_predict_posts_the_file_and_prints_the_best_label(
     assert request.headers["Content-Type"] == "image/png"
 
 
+def test_predict_model_names_the_model_in_the_request(
+    lepton: Run, subscriber: Subscriber, image: Path
+) -> None:
+    subscriber.default = json_answer(200, PREDICTION)
+    assert lepton("predict", "--model", "colours", "--url", subscriber.url, str(image))[0] == 0
+    (request,) = subscriber.received
+    assert request.path == "/?model=colours"
+
+
 def test_predict_uses_the_running_stacks_inference_function(
     lepton: Run, layout: StackLayout, subscriber: Subscriber, image: Path
 ) -> None:
@@ -502,6 +511,7 @@ def test_status_shows_parts_models_queues_dead_letters_and_the_router(
         Key=f"{model}/latest.json",
         Body=json.dumps({"version": "v2"}).encode(),
     )
+    s3.put_object(Bucket=moto_layout.models, Key="colours/latest.json", Body=b'{"version": "c4"}')
     moto_layout.dead_letters.mkdir(parents=True)
     (moto_layout.dead_letters / "20240101T000000-images-abc.json").write_text("{}")
 
@@ -514,6 +524,9 @@ def test_status_shows_parts_models_queues_dead_letters_and_the_router(
     assert "  v1  val_accuracy 90.00%" in lines
     assert "  v2  val_accuracy 95.50%  <- live" in lines
     assert "  v3  (incomplete)" in lines
+    assert (
+        "model colours: live c4; uploads under images/colours/, `lepton predict --model colours`"
+    ) in lines
     assert re.search(r"queue queue\s+waiting \d+\s+in flight 0", out)  # moto queues a TestEvent
     assert re.search(r"queue dlq\s+waiting 0\s+in flight 0", out)
     assert f"dead letters: 1 in {moto_layout.dead_letters}" in lines
@@ -663,6 +676,10 @@ def test_models_lists_every_model_its_live_version_accuracy_and_plots(
     assert "  v2  test accuracy 98.50%  input 28x28x1  2 labels  <- live" in lines
     assert "  v1  test accuracy 100.00%  input 40x40x3  2 labels  <- live" in lines
     assert f"  plot: s3://{moto_layout.models}/digits/v2/training_curves.png" in lines
+    assert (
+        "  served: POST /?model=colours, POST /v1/models/colours:predict, "
+        "uploads under images/colours/"
+    ) in lines
 
 
 def test_a_second_up_reports_the_running_stack_and_writes_nothing(

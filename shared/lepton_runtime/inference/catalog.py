@@ -60,8 +60,12 @@ class ModelCatalog:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._started = True
+        with self._lock:
+            self._started = True
+            others = list(self._others.values())
         self.default.start()
+        for registry in others:  # loaded before the start (a request that came first)
+            registry.start()
 
     def stop(self) -> None:
         self.default.stop()
@@ -100,6 +104,9 @@ class ModelCatalog:
                 self._others[name] = registry
                 self._loading.pop(name, None)
                 evicted = self._evict()
+                started = self._started
+        if started:  # else start() starts it
+            registry.start()
         for old in evicted:
             old.stop()
             log.info("model unloaded", extra={"model": old.name, "reason": "least recently used"})
@@ -150,8 +157,6 @@ class ModelCatalog:
         # A pin applies to the default model only; the others follow their latest.json.
         registry = self._make(replace(self.settings, model_name=name, model_version=""))
         registry.refresh()  # raises what the load meets: the first request gets the reason
-        if self._started:
-            registry.start()
         return registry
 
     def _evict(self) -> list[ModelRegistry]:

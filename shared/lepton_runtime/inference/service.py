@@ -2,7 +2,10 @@
 
 `InferenceService.handle(context)` serves every route of the inference function: image bodies,
 multipart forms, TF-Serving JSON, the KServe V1 and Open Inference Protocol (V2) model routes and
-inbound object events. It never lets an exception escape: every error becomes the JSON error
+inbound object events, for every model published in the models bucket (`ModelCatalog`): the
+default model (LEPTON_MODEL_NAME) for `POST /`, another by name in the model routes, by
+`POST /?model=<name>`, or by an upload's key (`images/<name>/...` when `<name>` is published).
+It never lets an exception escape: every error becomes the JSON error
 body (in the route's protocol) and status from `protocol`.
 """
 
@@ -45,6 +48,7 @@ from lepton_runtime.events import (
     parse_cloudevent,
     parse_json,
 )
+from lepton_runtime.inference.catalog import ModelCatalog
 from lepton_runtime.inference.registry import ModelRegistry
 from lepton_runtime.metrics import FunctionMetrics
 from lepton_runtime.models.store import ModelStore
@@ -71,6 +75,8 @@ _INLINE_TYPES = ("application/octet-stream", "multipart/form-data")
 # What clients send when they do not say (curl -d / --data-binary, plain text): sniffed.
 _GENERIC_TYPES = ("", "application/x-www-form-urlencoded", "text/plain")
 _MAX_RESULT_BYTES = 1024 * 1024
+# `POST /?model=<name>`: the model an image, form or TF-Serving body is for (default otherwise).
+MODEL_PARAMETER = "model"
 
 
 def _package_version() -> str:
@@ -95,7 +101,7 @@ class ObjectOutcome:
 
 
 class InferenceService:
-    """Wires settings, storage and the model registry to the HTTP/event surface."""
+    """Wires settings, storage and the model catalog to the HTTP/event surface."""
 
     role = "infer"
 
@@ -103,7 +109,7 @@ class InferenceService:
         self,
         settings: Settings,
         storage: Storage,
-        registry: ModelRegistry | None = None,
+        models: ModelCatalog | None = None,
         metrics: FunctionMetrics | None = None,
         *,
         auth: EventAuthenticator | None = None,
@@ -114,7 +120,7 @@ class InferenceService:
         self.auth = auth
         self.storage = storage
         self.metrics = metrics or FunctionMetrics("infer")
-        self.registry = registry or ModelRegistry(
+        self.models = models or ModelCatalog(
             settings, ModelStore(storage, settings.models), self.metrics
         )
         self.limits = settings.image_limits
@@ -126,20 +132,25 @@ class InferenceService:
         auth = EventAuthenticator.from_settings(settings)
         return cls(settings, Storage.from_settings(settings), auth=auth)
 
+    @property
+    def registry(self) -> ModelRegistry:
+        """The default model's registry (readiness follows it)."""
+        return self.models.default
+
     # lifecycle hooks used by lepton_runtime.server
     def start(self) -> None:
-        self.registry.start()
+        self.models.start()
 
     def announce(self) -> None:
         """Tell sibling worker processes that a new model went live (set by the server)."""
 
     def changed(self) -> None:
-        """A sibling worker saw a new model: check latest.json now (the loader thread does it;
-        this may run in a signal handler)."""
-        self.registry.request_refresh()
+        """A sibling worker saw a new model: check the loaded models' latest.json now (their
+        loader threads do it; this may run in a signal handler)."""
+        self.models.request_refresh()
 
     def stop(self) -> None:
-        self.registry.stop()
+        self.models.stop()
 
     def ready(self) -> bool:
         return self.registry.current is not None
@@ -149,18 +160,24 @@ class InferenceService:
         return self.registry.wait_loaded(timeout)
 
     def readiness_detail(self) -> dict[str, Any]:
-        """Why readiness says what it says: the model, its version, the last load error."""
-        return self.registry.status()
+        """Why readiness says what it says: the model, its version, the last load error (and
+        the other models loaded here)."""
+        return self.models.status()
 
     def inline(self, request: Request) -> bool:
         """Answered from memory (decode -> infer -> encode), so the server may run it on its
-        event loop: images, forms and the model routes. Events read and write objects."""
-        if request.path.startswith(_MODEL_ROUTE_PREFIXES):
-            return True
+        event loop: images, forms and the model routes of a model loaded here. Events read and
+        write objects; a model's first request loads it from storage."""
+        path = request.path
+        if path.startswith(_MODEL_ROUTE_PREFIXES):
+            return self.models.loaded(_route_model(path) or self.models.default_name)
         if request.method != "POST" or "ce-specversion" in request.headers:
             return False
         mtype = codecs.media_type(request.content_type)
-        return mtype.startswith("image/") or mtype in _INLINE_TYPES
+        if not (mtype.startswith("image/") or mtype in _INLINE_TYPES):
+            return False
+        name = request.args.get(MODEL_PARAMETER) if request.query_string else None
+        return self.models.loaded(name or self.models.default_name)
 
     def handle(self, context: Any) -> Response:
         """parliament's `main(context)`: route, run, and always answer with JSON or an event."""
@@ -188,11 +205,12 @@ class InferenceService:
                 self._failure(cloudevent_origin(cloud_event), cloud_event.get("subject")),
             )
         mtype = codecs.media_type(request.content_type)
+        model = request.args.get(MODEL_PARAMETER) or None if request.query_string else None
         if mtype == "multipart/form-data":
-            return Work("multipart", lambda: self._answer_images(self._multipart(request)))
+            return Work("multipart", lambda: self._answer_images(self._multipart(request), model))
         body = self._body(request)
         if mtype.startswith("image/") or mtype == "application/octet-stream":
-            return Work("image", lambda: self._answer_images([("body", body)]))
+            return Work("image", lambda: self._answer_images([("body", body)], model))
         if codecs.is_json_type(mtype) or (
             mtype in _GENERIC_TYPES and body.lstrip()[:1] in (b"{", b"[")
         ):
@@ -204,9 +222,9 @@ class InferenceService:
                     lambda: self._event(parse_json(payload)),
                     self._failure(body_origin(body)),
                 )
-            return Work("tfserving", lambda: self._tfserving(payload))
+            return Work("tfserving", lambda: self._tfserving(payload, model))
         if mtype in _GENERIC_TYPES and codecs.looks_like_image(body):
-            return Work("image", lambda: self._answer_images([("body", body)]))  # curl -d @x.png
+            return Work("image", lambda: self._answer_images([("body", body)], model))  # curl -d
         if not body:
             raise BadRequestError("the request body is empty; send an image or JSON")
         raise UnsupportedMediaTypeError(
@@ -228,18 +246,14 @@ class InferenceService:
         POST /v1/models/<name>:predict."""
         rest = request.path[len(_V1_PREFIX) :]
         if rest in ("", "/") and request.method == "GET":
-            return json_response({"models": [self.settings.model_name]})
+            return json_response({"models": self.models.names()})
         if not rest.startswith("/"):
             raise NotFoundError(f"no route {request.method} {request.path}")
         name, _, verb = rest[1:].partition(":")
-        if name != self.settings.model_name:
-            raise NotFoundError(
-                f"model {name!r} is not served here; try {self.settings.model_name!r}"
-            )
         if request.method == "GET" and not verb:
-            return self._model_status()
+            return self._model_status(self.models.registry(name))
         if request.method == "POST" and verb == "predict":
-            return self._tfserving(self._json(self._body(request)))
+            return self._tfserving(self._json(self._body(request)), name)
         raise NotFoundError(f"no route {request.method} {request.path}")
 
     def _v2(self, request: Request) -> Response:
@@ -254,21 +268,17 @@ class InferenceService:
         if len(parts) < 2 or parts[0] != "models":
             raise NotFoundError(f"no route {method} {request.path}")
         name, rest = parts[1], parts[2:]
-        if name != self.settings.model_name:
-            raise NotFoundError(
-                f"model {name!r} is not served here; try {self.settings.model_name!r}"
-            )
         version = None
         if rest[:1] == ["versions"] and len(rest) >= 2:
             version, rest = rest[1], rest[2:]
         if rest == ["infer"] and method == "POST":
-            return self._v2_infer(request, version)
+            return self._v2_infer(request, name, version)
         if rest == ["ready"] and method == "GET":
-            classifier = self.registry.current
+            classifier = self.models.registry(name).current
             ready = classifier is not None and version in (None, classifier.version)
             return json_response({"name": name, "ready": ready}, 200 if ready else 503)
         if not rest and method == "GET":
-            classifier = self._require(version)
+            classifier = self._require(name, version)
             return json_response(
                 codecs.v2_model_metadata(
                     classifier.name,
@@ -280,9 +290,9 @@ class InferenceService:
             )
         raise NotFoundError(f"no route {method} {request.path}")
 
-    def _require(self, version: str | None) -> Classifier:
-        """The live model, which must be `version` when a route names one."""
-        classifier = self.registry.require()
+    def _require(self, name: str, version: str | None) -> Classifier:
+        """The live version of model `name`, which must be `version` when a route names one."""
+        classifier = self.models.require(name)
         if version is not None and version != classifier.version:
             raise NotFoundError(
                 f"version {version!r} of {classifier.name!r} is not served here; "
@@ -290,8 +300,8 @@ class InferenceService:
             )
         return classifier
 
-    def _v2_infer(self, request: Request, version: str | None) -> Response:
-        classifier = self._require(version)
+    def _v2_infer(self, request: Request, name: str, version: str | None) -> Response:
+        classifier = self._require(name, version)
         body = self._body(request)
         json_length = codecs.v2_json_length(
             request.headers.get(codecs.V2_JSON_LENGTH_HEADER), len(body)
@@ -327,13 +337,13 @@ class InferenceService:
             }
         )
 
-    def _model_status(self) -> Response:
-        classifier = self.registry.current
+    def _model_status(self, registry: ModelRegistry) -> Response:
+        classifier = registry.current
         ready = classifier is not None
         version = classifier.version if classifier else ""
         return json_response(
             {
-                "name": self.settings.model_name,
+                "name": registry.name,
                 "ready": ready,
                 "model_version_status": [
                     {
@@ -341,7 +351,7 @@ class InferenceService:
                         "state": "AVAILABLE" if ready else "LOADING",
                         "status": {
                             "error_code": "OK" if ready else "UNAVAILABLE",
-                            "error_message": "" if ready else self.registry.last_error,
+                            "error_message": "" if ready else registry.last_error,
                         },
                     }
                 ],
@@ -401,8 +411,8 @@ class InferenceService:
         self.metrics.batch(len(arrays))
         return arrays[0][np.newaxis] if len(arrays) == 1 else np.stack(arrays)
 
-    def _answer_images(self, images: list[tuple[str, bytes]]) -> Response:
-        classifier = self.registry.require()
+    def _answer_images(self, images: list[tuple[str, bytes]], model: str | None) -> Response:
+        classifier = self.models.require(model)
         predictions = self._classify(classifier, images)
         return json_response(codecs.image_answer(classifier.name, classifier.version, predictions))
 
@@ -415,8 +425,8 @@ class InferenceService:
             return inputs.array
         return self._decode_all(classifier, list(inputs.images))
 
-    def _tfserving(self, payload: Any) -> Response:
-        classifier = self.registry.require()
+    def _tfserving(self, payload: Any, model: str | None) -> Response:
+        classifier = self.models.require(model)
         parsed = codecs.parse_tfserving(
             payload, classifier.input_shape, self.settings.max_batch_images
         )
@@ -433,16 +443,25 @@ class InferenceService:
             return Response(status=202)  # acknowledged; no reply event
         for ref in event.refs:  # a crafted event is refused whole, before any read
             authorize(ref, self.settings, self.role)
-        classifier = self.registry.require()
-        outcomes = [self._process(classifier, ref) for ref in event.refs]
-        return self._reply(event, classifier, outcomes)
+        classifiers = [self.models.require(self.model_for(ref.key)) for ref in event.refs]
+        outcomes = [self._process(c, ref) for c, ref in zip(classifiers, event.refs, strict=True)]
+        return self._reply(event, classifiers[0], outcomes)
+
+    def model_for(self, key: str) -> str | None:
+        """The model an upload is for: `<name>` for `images/<name>/...` when a model of that
+        name is published, else the default (None)."""
+        prefix = self.settings.images.prefix
+        head, sep, _ = key[len(prefix) :].partition("/") if key.startswith(prefix) else ("", "", "")
+        return head if sep and head and self.models.published(head) else None
 
     def _model_published(self, event: InboundEvent) -> Response:
         data = event.data if isinstance(event.data, dict) else {}
-        if data.get("name") == self.settings.model_name and data.get("promoted", True):
+        name = data.get("name")
+        if isinstance(name, str) and data.get("promoted", True):
             # Coalesced with a load already running (it is loaded once more after it), never
             # dropped; the event is acknowledged at once, the load runs in the background.
-            self.registry.request_refresh()
+            # Only a model loaded here has anything to refresh; another loads on first use.
+            self.models.request_refresh(name)
             self.announce()
         return Response(status=202)
 
@@ -542,3 +561,12 @@ def _same_source(existing: Any, etag: str | None) -> bool:
         return False
     source = existing.get("source")
     return isinstance(source, dict) and source.get("etag") == etag
+
+
+def _route_model(path: str) -> str | None:
+    """The model a /v1 or /v2 model route names (`/v1/models/<name>[:verb]`,
+    `/v2/models/<name>/...`); None for the routes that name none."""
+    parts = path.split("/", 4)  # "", "v1"|"v2", "models", "<name>[:verb]", ...
+    if len(parts) < 4 or parts[2] != "models" or not parts[3]:
+        return None
+    return parts[3].partition(":")[0] if parts[1] == "v1" else parts[3]

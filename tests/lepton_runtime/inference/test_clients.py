@@ -31,9 +31,10 @@ KSERVE_PYTHON = Path.home() / ".cache" / "lepton-bench" / "peers" / "kserve" / "
 
 
 @pytest.fixture(scope="module")
-def served(moto_server: str, model_dir: Path, tmp_path_factory) -> Iterator[dict[str, Any]]:
+def served(moto_server: str, model_dir: Path, tmp_path_factory, oidc) -> Iterator[dict[str, Any]]:
     cache = tmp_path_factory.mktemp("cache")
-    with serve_inference(moto_server, model_dir, cache, prefix="clients") as served:
+    env = oidc.env("lepton-infer")  # served as deployed: events verified
+    with serve_inference(moto_server, model_dir, cache, prefix="clients", env=env) as served:
         yield served
 
 
@@ -88,7 +89,7 @@ def test_triton_client_gets_v2_errors(client) -> None:
     tensor.set_data_from_numpy(np.array([b"not an image"], dtype=np.object_))
     with pytest.raises(InferenceServerException, match="not a recognised image"):
         client.infer(MODEL, [tensor])
-    with pytest.raises(InferenceServerException, match="not served here"):
+    with pytest.raises(InferenceServerException, match="no model named .cats. is published"):
         client.infer("cats", [tensor])
 
 
