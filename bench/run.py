@@ -381,6 +381,26 @@ def peer_servers(
                 ours.pid,
             ),
         ]
+        # As deployed by default: one JSON request line per request on its log (the peers' and
+        # the rows above run without one): what that line costs, side by side.
+        port = free_port()
+        logged_env = {**env, "LEPTON_WORKERS": str(WORKERS)}
+        logged = stack.enter_context(
+            process(
+                serve_ours(logged_env, port, "litert", workdir / "cache", request_log=True),
+                logged_env,
+            )
+        )
+        targets.append(
+            Target(
+                "lepton_v1_logged",
+                "Lepton, `POST /v1/models/digits:predict`, request log on (its default)",
+                f"http://127.0.0.1:{port}/v1/models/digits:predict",
+                bodies["v1"],
+                "application/json",
+                logged.pid,
+            )
+        )
         mlserver = peers.ensure(peers.MLSERVER, peers_root, say)
         if mlserver is not None:
             port = free_port()
@@ -533,13 +553,18 @@ def moto_with_model(model_dir: Path) -> Iterator[dict[str, str]]:
         server.stop()
 
 
-def serve_ours(env: dict[str, str], port: int, runtime: str, cache: Path) -> list[str]:
+def serve_ours(
+    env: dict[str, str], port: int, runtime: str, cache: Path, request_log: bool = False
+) -> list[str]:
+    """The inference function's server; like the peers' without a line per request unless
+    `request_log` (its default as deployed: one JSON line per request)."""
     env.update(
         {
             "PORT": str(port),
             "LEPTON_RUNTIME": runtime,
             "LEPTON_MODEL_CACHE_DIR": str(cache),
-            "LEPTON_LOG_LEVEL": "WARNING",
+            "LEPTON_LOG_LEVEL": "INFO" if request_log else "WARNING",
+            "LEPTON_ACCESS_LOG": "on" if request_log else "off",
             # Only images are sent here (open routes); events are measured on the local stack,
             # whose router signs them.
             "LEPTON_EVENT_AUTH": "off",
@@ -889,7 +914,7 @@ def table(results: dict[str, Any]) -> str:
     lines: list[str] = []
     peers_out = results.get("peers")
     if peers_out:
-        workers = peers_out["workers"]
+        workers, routes = peers_out["workers"], peers_out["routes"]
         header = (
             " | c=1 req/s | c=8 req/s | c=32 req/s | p50 ms (c=8) | p99 ms (c=8) | p99 ms (c=32) "
             "| CPU µs/request (c=8) | vs the peer: req/s c=8 / c=32 / CPU per request |"
@@ -899,7 +924,11 @@ def table(results: dict[str, Any]) -> str:
             f'| Against KServe: the same KServe V1 body `{{"instances": [{{"b64": ...}}]}}` '
             f"(one 28x28 PNG), {workers} worker processes each" + header,
             rule,
-            *_peer_rows(peers_out, "kserve", ["lepton_v1", "lepton_raw"]),
+            *_peer_rows(
+                peers_out,
+                "kserve",
+                [k for k in ("lepton_v1", "lepton_raw", "lepton_v1_logged") if k in routes],
+            ),
             "",
             f"| Against MLServer: the same V2 body (one BYTES tensor, the PNG in base64), "
             f"{workers} workers each" + header,
