@@ -89,7 +89,7 @@ def test_triton_client_gets_v2_errors(client) -> None:
     tensor.set_data_from_numpy(np.array([b"not an image"], dtype=np.object_))
     with pytest.raises(InferenceServerException, match="not a recognised image"):
         client.infer(MODEL, [tensor])
-    with pytest.raises(InferenceServerException, match="no model named .cats. is published"):
+    with pytest.raises(InferenceServerException, match="no model named 'cats' is published"):
         client.infer("cats", [tensor])
 
 
