@@ -32,7 +32,7 @@ from cloudevents.http import CloudEvent
 sys.path.insert(0, str(Path(__file__).parent))
 from run import PYTHON, ROOT, free_port, process, sample_png, train_digits, wait_http
 
-from lepton_runtime.emit import binary_http
+from lepton_runtime.events.outbound import binary_http
 from lepton_stack.oidc import JWKS_FILE, LocalIssuer
 
 CONCURRENCY = 16

@@ -6,8 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+from lepton_runtime.http.workers import serve
 from lepton_runtime.settings import Settings
-from lepton_runtime.workers import serve
 
 if __name__ == "__main__":
     settings = Settings.from_env({**os.environ, "PORT": sys.argv[1]})

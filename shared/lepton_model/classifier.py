@@ -107,8 +107,8 @@ class Classifier:
         def score() -> int:
             if not batch:
                 return 0
-            predicted = self._labels[np.argmax(self.probabilities(np.stack(batch)), axis=1)]
-            hits = sum(str(p) == t for p, t in zip(predicted, truth, strict=True))
+            best = np.argmax(self.probabilities(np.stack(batch)), axis=1).tolist()
+            hits = sum(self._labels[i] == t for i, t in zip(best, truth, strict=True))
             batch.clear()
             truth.clear()
             return hits

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from prometheus_client import (
@@ -14,6 +13,8 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from lepton_runtime.settings import metrics_multiprocess_dir
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -100,7 +101,7 @@ class FunctionMetrics:
     def render(self) -> tuple[bytes, str]:
         """The exposition text; summed over every worker process when the server runs several
         (prometheus-client's multiprocess mode, configured by PROMETHEUS_MULTIPROC_DIR)."""
-        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        if metrics_multiprocess_dir():
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -97,8 +97,8 @@ class Settings:
     training_wait_seconds: float = 1800.0
     event_source: str = ""
     # Event ingress authentication (Knative Eventing's OIDC sender identity): "oidc" verifies
-    # every event's `Authorization: Bearer <JWT>` (see lepton_runtime.auth); "off" for clusters
-    # without OIDC, logged loudly at start-up.
+    # every event's `Authorization: Bearer <JWT>` (see lepton_runtime.events.auth); "off" for
+    # clusters without OIDC, logged loudly at start-up.
     event_auth: Literal["oidc", "off"] = "oidc"
     oidc_issuer: str = ""  # the `iss` tokens must carry (the cluster's service-account issuer)
     oidc_audience: str = ""  # the `aud` they must be for; empty: K_SERVICE (this Service)
@@ -334,3 +334,18 @@ class _Reader:
         if maximum is not None and value > maximum:
             raise ConfigurationError(f"{name}={value} is above the maximum {maximum}")
         return value
+
+
+# prometheus-client's multiprocess mode is configured by its own variable, which the library reads
+# when it is imported: the server sets it (before loading a function with several workers) and the
+# metrics ask whether it is set, both through here.
+METRICS_MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def metrics_multiprocess_dir() -> str | None:
+    """The folder prometheus-client's worker processes share their values in, when set."""
+    return os.environ.get(METRICS_MULTIPROCESS_VARIABLE) or None
+
+
+def use_metrics_multiprocess_dir(path: str) -> None:
+    os.environ[METRICS_MULTIPROCESS_VARIABLE] = path

@@ -46,7 +46,7 @@ from lepton_runtime.errors import (
     StorageRequestError,
     StorageUnavailableError,
 )
-from lepton_runtime.events import normalise_etag
+from lepton_runtime.events.inbound import normalise_etag
 from lepton_runtime.settings import S3Settings, Settings
 
 OCTET_STREAM = "application/octet-stream"

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from lepton_runtime.entry import add_commands
+from lepton_stack.settings import state_dir
 from lepton_stack.state import (
     OVERLAYS,
     Ports,
@@ -223,56 +225,6 @@ def cmd_env(args: argparse.Namespace) -> int:
     for name, value in sorted(env.items()):
         print(f"export {name}={shlex.quote(value)}")
     return 0
-
-
-def _function_settings() -> Any:
-    """The function's Settings from the environment, with logging configured; SystemExit(2)
-    with the reason when the environment is invalid."""
-    from lepton_runtime.errors import ConfigurationError
-    from lepton_runtime.logs import configure
-    from lepton_runtime.settings import Settings
-
-    try:
-        settings = Settings.from_env()
-    except ConfigurationError as exc:
-        raise SystemExit(_fail(f"configuration error: {exc}", 2)) from exc
-    configure(settings.log_level)
-    return settings
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    from lepton_runtime.processes import quiet_collector
-
-    quiet_collector()  # until the server has loaded (it calls settle_heap)
-    from lepton_runtime.workers import serve
-
-    settings = _function_settings()
-    function_dir = (
-        Path(args.function_dir) if args.function_dir else _function_dir(settings, args.role)
-    )
-    if not (function_dir / "func.py").exists():
-        return _fail(f"{function_dir}/func.py not found; pass --function-dir", 2)
-    serve(function_dir, settings)
-    return 0
-
-
-def cmd_train_job(args: argparse.Namespace) -> int:
-    from lepton_runtime.storage import Storage
-    from lepton_runtime.training.job import run_job
-    from lepton_runtime.training.service import TrainingService
-
-    settings = _function_settings()
-    return run_job(
-        TrainingService(settings, Storage.from_settings(settings)), Path(args.event_file)
-    )
-
-
-def _function_dir(settings: Any, role: str) -> Path:
-    """LEPTON_FUNCTIONS_DIR/<role> (./functions by default), else this checkout's."""
-    from lepton_stack.stack import repo_root
-
-    candidates = [settings.functions_dir / role, repo_root() / "functions" / role]
-    return next((c for c in candidates if (c / "func.py").exists()), candidates[-1])
 
 
 # --- talking to the stack -----------------------------------------------------------------------
@@ -651,8 +603,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--state-dir",
-        default=os.environ.get("LEPTON_STATE_DIR", ".lepton"),
-        help="where the local stack keeps its state (default .lepton)",
+        default=state_dir(),
+        help="where the local stack keeps its state (default $LEPTON_STATE_DIR, else .lepton)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -721,28 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     env.set_defaults(func=cmd_env)
 
-    serve = sub.add_parser(
-        "serve",
-        help="run one function server on $PORT",
-        description="Serve a function as its container does, on $PORT (default 8080), with "
-        "LEPTON_WORKERS processes (default: one per CPU; the training function uses one).",
-    )
-    serve.add_argument("role", choices=("infer", "train"), help="which function")
-    serve.add_argument("--function-dir", help="folder holding func.py (default functions/ROLE)")
-    serve.set_defaults(func=cmd_serve)
-
-    job = sub.add_parser(
-        "train-job",
-        help="train once for the CloudEvent in a file (JobSink)",
-        description="Train once for the CloudEvent in a file, as a Knative JobSink Job does. "
-        "Exit codes: 0 done, 1 transient failure (retry the pod), 2 permanent failure.",
-    )
-    job.add_argument(
-        "--event-file",
-        default="/etc/jobsink-event/event",
-        help="the event (default /etc/jobsink-event/event, JobSink's mount path)",
-    )
-    job.set_defaults(func=cmd_train_job)
+    add_commands(sub)  # serve, train-job: what the function images run
 
     predict = sub.add_parser(
         "predict",

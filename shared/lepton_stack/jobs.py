@@ -39,7 +39,7 @@ from typing import Any
 from cloudevents.abstract import CloudEvent
 from cloudevents.conversion import to_json
 
-from lepton_runtime.processes import die_with_parent
+from lepton_runtime.http.processes import die_with_parent
 from lepton_stack.triggers import TriggerConfigError
 
 log = logging.getLogger("lepton.jobs")
@@ -53,10 +53,10 @@ BACKOFF_CAP_SECONDS = 360.0  # ... up to six minutes
 # The container commands the local stack can run, and how: the image's entry points as
 # processes of this Python, with the event file passed where the container reads it.
 _COMMANDS: dict[tuple[str, ...], Callable[[str], list[str]]] = {
-    ("lepton", "train-job"): lambda event_file: [
+    ("lepton-function", "train-job"): lambda event_file: [
         sys.executable,
         "-m",
-        "lepton_stack.cli",
+        "lepton_runtime.entry",
         "train-job",
         "--event-file",
         event_file,

@@ -30,10 +30,10 @@ from cloudevents.conversion import to_json
 from cloudevents.http import CloudEvent
 from werkzeug.wrappers import Request, Response
 
-from lepton_runtime.auth import EventAuthenticator
-from lepton_runtime.emit import binary_http, event_from_http
 from lepton_runtime.errors import UnauthorizedError
-from lepton_runtime.protocol import error_body
+from lepton_runtime.events.auth import EventAuthenticator
+from lepton_runtime.events.outbound import binary_http, event_from_http
+from lepton_runtime.http.responses import error_body
 from lepton_stack.jobs import JobRunner
 from lepton_stack.triggers import JOBSINK, Trigger, TriggerConfigError
 

@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from lepton_runtime.auth import EventAuthenticator, FileKeys
+from lepton_runtime.events.auth import EventAuthenticator, FileKeys
 from lepton_runtime.logs import configure
 from lepton_stack.jobs import JobRunner, job_templates
 from lepton_stack.oidc import JWKS_FILE, LocalIssuer, TokenCache

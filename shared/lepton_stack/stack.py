@@ -243,7 +243,7 @@ class LocalStack:
             ),
             Part(
                 "source",
-                [python, "-m", "lepton_runtime.source"],
+                [python, "-m", "lepton_adapters.event_source"],
                 layout.function_env("source", self.queues["queue_url"]),
                 None,
                 logs / "source.log",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import requests
 
-from lepton_runtime.processes import die_with_parent
+from lepton_runtime.http.processes import die_with_parent
 
 log = logging.getLogger("lepton.stack")
 

@@ -16,9 +16,11 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import numpy as np
@@ -89,29 +91,72 @@ def report(request: pytest.FixtureRequest) -> Callable[[str], None]:
     return write
 
 
+class _Build:
+    """containers/build.sh (what `make images` runs), started as soon as the session has
+    collected an image test: the build (minutes, mostly waiting on I/O) overlaps the tests that
+    run before these, instead of adding to the suite's time."""
+
+    process: subprocess.Popen | None = None
+    output: Any = None
+    started = 0.0
+
+    @classmethod
+    def start(cls, engine: str) -> None:
+        env = {
+            **os.environ,
+            "CONTAINER_ENGINE": engine,
+            "IMAGE_REPO": IMAGE_REPO,
+            "IMAGE_TAG": IMAGE_TAG,
+            "OFFLINE": os.environ.get("LEPTON_TEST_OFFLINE", "1"),
+        }
+        cls.output = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - read in wait()
+        cls.started = time.monotonic()
+        cls.process = subprocess.Popen(
+            [str(REPO / "containers" / "build.sh"), "all"],
+            cwd=REPO,
+            env=env,
+            stdout=cls.output,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    @classmethod
+    def wait(cls, engine: str) -> tuple[int, str, float]:
+        """(exit code, output, seconds since the build started)."""
+        if cls.process is None:
+            cls.start(engine)
+        assert cls.process is not None and cls.output is not None
+        code = cls.process.wait(BUILD_TIMEOUT)
+        cls.output.seek(0)
+        return code, cls.output.read(), time.monotonic() - cls.started
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    here = Path(__file__).parent
+    if session.config.option.collectonly:
+        return
+    if any(here in Path(item.path).parents for item in session.items):
+        engine = _engine()
+        if engine is not None:
+            _Build.start(engine)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A session that ends before the image tests (-x, Ctrl-C) leaves no build behind."""
+    if _Build.process is not None and _Build.process.poll() is None:
+        _Build.process.terminate()
+        try:
+            _Build.process.wait(30)
+        except subprocess.TimeoutExpired:
+            _Build.process.kill()
+
+
 @pytest.fixture(scope="session")
 def images(container_engine: str, report: Callable[[str], None]) -> Images:
     """Both function images, built once per session through containers/build.sh."""
-    env = {
-        **os.environ,
-        "CONTAINER_ENGINE": container_engine,
-        "IMAGE_REPO": IMAGE_REPO,
-        "IMAGE_TAG": IMAGE_TAG,
-        "OFFLINE": os.environ.get("LEPTON_TEST_OFFLINE", "1"),
-    }
-    started = time.monotonic()
-    result = subprocess.run(
-        [str(REPO / "containers" / "build.sh"), "all"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=BUILD_TIMEOUT,
-        check=False,
-    )
-    elapsed = time.monotonic() - started
-    assert result.returncode == 0, f"image build failed:\n{result.stdout[-4000:]}{result.stderr}"
-    report(f"built both images with {container_engine} in {elapsed:.0f} s")
+    code, output, elapsed = _Build.wait(container_engine)
+    assert code == 0, f"image build failed:\n{output[-6000:]}"
+    report(f"built both images with {container_engine} in {elapsed:.0f} s (started at collection)")
     return Images(
         container_engine,
         f"{IMAGE_REPO}/infer:{IMAGE_TAG}",

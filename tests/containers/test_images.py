@@ -85,7 +85,7 @@ def test_training_image_holds_tensorflow_and_the_job_command(
 ) -> None:
     code = (
         "import tensorflow, matplotlib, lepton_model.training;"
-        "from lepton_stack.cli import build_parser;"
+        "from lepton_runtime.entry import build_parser;"
         "build_parser().parse_args(['train-job'])"
     )
     result = in_image(images, images.train, code)
@@ -97,7 +97,7 @@ def test_training_image_holds_tensorflow_and_the_job_command(
 def test_images_run_as_a_numeric_non_root_user(images: Images, role: str) -> None:
     config = inspect(images, getattr(images, role))["Config"]
     assert config["User"] == "10001:10001"
-    assert config["Cmd"] == ["lepton", "serve", role]
+    assert config["Cmd"] == ["lepton-function", "serve", role]
 
 
 def test_inference_container_predicts_with_the_published_model(
@@ -170,7 +170,7 @@ def test_dead_letter_command_runs_in_the_inference_image(
     images: Images, run_container: RunContainer, function_env: dict[str, str]
 ) -> None:
     container = run_container(
-        images.infer, function_env, command=["python", "-m", "lepton_runtime.deadletters"]
+        images.infer, function_env, command=["python", "-m", "lepton_adapters.dead_letter_sink"]
     )
     first_success(container, lambda: requests.get(container.url + "/health/readiness", timeout=2))
     response = requests.post(

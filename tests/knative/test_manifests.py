@@ -21,15 +21,15 @@ from manifests_support import REPO, Build, CodeFacts, Doc, Workload, api_group, 
 from werkzeug.test import Client
 
 from asgi_client import ASGITestClient
-from lepton_runtime.deadletters import DeadLetterApp
-from lepton_runtime.emit import (
+from lepton_adapters.dead_letter_sink import DeadLetterApp
+from lepton_runtime.events.inbound import KNATIVE_SQS_EVENT_TYPES
+from lepton_runtime.events.outbound import (
     INFERENCE_COMPLETED,
     INFERENCE_FAILED,
     MODEL_PUBLISHED,
     REPLY_TYPES,
     TRAINING_FAILED,
 )
-from lepton_runtime.events import KNATIVE_SQS_EVENT_TYPES
 from lepton_runtime.settings import Settings
 from lepton_stack.triggers import load_triggers, trigger_predicate
 
@@ -393,7 +393,7 @@ def test_probes_use_the_server_health_paths(build: Build) -> None:
 def test_function_server_answers_the_probe_paths() -> None:
     import types
 
-    from lepton_runtime.server import build_app
+    from lepton_runtime.http.server import build_app
 
     func = types.SimpleNamespace(main=lambda context: "ok")
     client = ASGITestClient(build_app(func, Settings()))
@@ -509,21 +509,21 @@ def test_event_source_listens_where_its_service_points(minio: Build) -> None:
     (service,) = minio.of_kind("Service", "")
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     assert [p["targetPort"] for p in service["spec"]["ports"]] == [named["name"]]
-    assert container["command"] == ["python", "-m", "lepton_runtime.source"]
+    assert container["command"] == ["python", "-m", "lepton_adapters.event_source"]
 
 
 # -- jobs, examples, func.yaml, images ---------------------------------------------------------
 
 
 def test_jobsink_runs_the_training_job_command(minio: Build, project_version: str) -> None:
-    from lepton_stack.cli import build_parser, cmd_train_job
+    from lepton_runtime.entry import build_parser
 
     (jobsink,) = minio.of_kind("JobSink")
     (container,) = jobsink["spec"]["job"]["spec"]["template"]["spec"]["containers"]
     assert container["image"] == f"dev.local/lepton/train:{project_version}"
-    assert container["command"] == ["lepton", "train-job"]
+    assert container["command"] == ["lepton-function", "train-job"]
     args = build_parser().parse_args(container["command"][1:] + container.get("args", []))
-    assert args.func is cmd_train_job
+    assert args.command == "train-job"
     assert args.event_file == "/etc/jobsink-event/event"
 
 

@@ -11,9 +11,10 @@ from cloudevents.http import CloudEvent
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lepton_runtime import codecs, jsonio
+from lepton_runtime import jsonio
 from lepton_runtime.errors import LeptonError
-from lepton_runtime.events import ObjectRef, find_records, parse_cloudevent, parse_json
+from lepton_runtime.events.inbound import ObjectRef, find_records, parse_cloudevent, parse_json
+from lepton_runtime.http import wire
 
 leaves = st.none() | st.booleans() | st.integers(-1000, 1000) | st.floats(allow_nan=False)
 keys = st.sampled_from(
@@ -114,8 +115,8 @@ def test_any_bytes_as_a_json_body_fail_typed(data: bytes) -> None:
 @PROPERTY
 @given(json_values)
 def test_any_tfserving_payload_parses_to_the_input_shape_or_fails_typed(payload: Any) -> None:
-    parsed = _only_typed_errors(lambda: codecs.parse_tfserving(payload, (2, 2, 1), 8))
-    if isinstance(parsed, codecs.TensorInput):
+    parsed = _only_typed_errors(lambda: wire.parse_tfserving(payload, (2, 2, 1), 8))
+    if isinstance(parsed, wire.TensorInput):
         assert parsed.array.shape[1:] == (2, 2, 1)
         assert np.isfinite(parsed.array).all()
     elif parsed is not None:
@@ -126,7 +127,7 @@ def test_any_tfserving_payload_parses_to_the_input_shape_or_fails_typed(payload:
 @PROPERTY
 @given(st.lists(st.lists(st.lists(st.floats(width=32), max_size=3), max_size=3), max_size=3))
 def test_numeric_instances_of_any_shape_parse_or_fail_typed(instances: list) -> None:
-    _only_typed_errors(lambda: codecs.parse_tfserving({"instances": instances}, (2, 2, 1), 8))
+    _only_typed_errors(lambda: wire.parse_tfserving({"instances": instances}, (2, 2, 1), 8))
 
 
 v2_tensors = st.fixed_dictionaries(
@@ -168,10 +169,10 @@ v2_tensors = st.fixed_dictionaries(
 def test_any_v2_request_parses_to_the_input_shape_or_fails_typed(
     payload: Any, binary: bytes
 ) -> None:
-    parsed = _only_typed_errors(lambda: codecs.parse_v2_infer(payload, binary, (2, 2, 1), 8))
+    parsed = _only_typed_errors(lambda: wire.parse_v2_infer(payload, binary, (2, 2, 1), 8))
     if parsed is None:
         return
-    if isinstance(parsed.inputs, codecs.TensorInput):
+    if isinstance(parsed.inputs, wire.TensorInput):
         assert parsed.inputs.array.shape[1:] == (2, 2, 1)
         assert parsed.inputs.array.dtype == np.float32
         assert np.isfinite(parsed.inputs.array).all()

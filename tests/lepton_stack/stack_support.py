@@ -15,7 +15,7 @@ from typing import Any
 from cloudevents.http import CloudEvent
 from requests.structures import CaseInsensitiveDict
 
-from lepton_runtime.emit import binary_http, event_from_http
+from lepton_runtime.events.outbound import binary_http, event_from_http
 
 REPO = Path(__file__).resolve().parents[2]
 KNATIVE_BASE = REPO / "knative" / "base"

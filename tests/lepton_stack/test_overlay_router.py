@@ -17,7 +17,7 @@ import pytest
 from cloudevents.http import CloudEvent, from_json
 from stack_support import REPO, Subscriber, event, s3_event, wait_for
 
-from lepton_runtime.emit import MODEL_PUBLISHED
+from lepton_runtime.events.outbound import MODEL_PUBLISHED
 from lepton_runtime.training.job import EXIT_FAILED
 from lepton_stack import jobs as jobs_module
 from lepton_stack.jobs import JOBSINK_MOUNT_PATH, JobRunner, JobTemplate, job_templates
@@ -119,7 +119,7 @@ def test_the_jobsink_template_is_read_from_the_overlay() -> None:
     docs = build("minio")
     (template,) = job_templates(docs).values()
     assert template.jobsink == "lepton-train-job"
-    assert template.command == ("lepton", "train-job")
+    assert template.command == ("lepton-function", "train-job")
     assert template.backoff_limit == 1
     assert template.active_deadline_seconds == 14400
     assert template.fail_job_exit_codes == {EXIT_FAILED}
@@ -180,7 +180,7 @@ def test_a_large_dataset_event_becomes_one_job_as_jobsink_runs_it(
     assert (result.status, again.status) == (202, 202)
     (pod,) = recorded.started
     assert pod["command"][-4:] == [
-        "lepton_stack.cli",
+        "lepton_runtime.entry",
         "train-job",
         "--event-file",
         pod["command"][-1],
@@ -238,7 +238,7 @@ def test_retries_wait_the_job_controllers_backoff(
 def test_the_jobs_deadline_ends_a_pod_that_runs_too_long(tmp_path: Path) -> None:
     template = JobTemplate(
         jobsink="slow",
-        command=("lepton", "train-job"),
+        command=("lepton-function", "train-job"),
         env={},
         labels={},
         backoff_limit=3,
@@ -246,14 +246,14 @@ def test_the_jobs_deadline_ends_a_pod_that_runs_too_long(tmp_path: Path) -> None
     )
     runner = JobRunner({"slow": template}, tmp_path / "jobs", tmp_path / "logs", {})
     sleeper = [sys.executable, "-c", "import time; time.sleep(30)"]
-    original = jobs_module._COMMANDS[("lepton", "train-job")]
-    jobs_module._COMMANDS[("lepton", "train-job")] = lambda _file: sleeper
+    original = jobs_module._COMMANDS[("lepton-function", "train-job")]
+    jobs_module._COMMANDS[("lepton-function", "train-job")] = lambda _file: sleeper
     try:
         started = time.monotonic()
         runner.submit("slow", s3_event("datasets/large/a.zip"))
         assert runner.join(15)
     finally:
-        jobs_module._COMMANDS[("lepton", "train-job")] = original
+        jobs_module._COMMANDS[("lepton-function", "train-job")] = original
     assert time.monotonic() - started < 10
     assert runner.status()["failed"] == {"slow": 1} and runner.status()["retries"] == {}
     assert "job deadline exceeded" in (tmp_path / "logs" / "slow.log").read_text()
@@ -340,7 +340,7 @@ def test_router_main_serves_a_kustomize_target(tmp_path: Path, subscriber: Subsc
         kinds = {t["name"]: t["kind"] for t in status["triggers"]}
         assert kinds["lepton-train-large-datasets"] == JOBSINK
         assert requests.get(f"{url}/openid/v1/jwks", timeout=5).json()["keys"]
-        from lepton_runtime.emit import binary_http
+        from lepton_runtime.events.outbound import binary_http
 
         headers, body = binary_http(CloudEvent(s3_event("images/x.png").get_attributes(), {}))
         # As a Broker's ingress with OIDC: an anonymous sender is refused, nothing delivered.

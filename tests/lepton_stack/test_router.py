@@ -31,7 +31,7 @@ from stack_support import (
 )
 from werkzeug.test import Client
 
-from lepton_runtime.emit import binary_http, structured_http
+from lepton_runtime.events.outbound import binary_http, structured_http
 from lepton_stack.router import Router
 from lepton_stack.triggers import Delivery, Trigger, compile_filter
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from stack_support import KNATIVE_BASE, S3_PUT, event, s3_event
 
-from lepton_runtime.emit import (
+from lepton_runtime.events.outbound import (
     INFERENCE_COMPLETED,
     INFERENCE_FAILED,
     MODEL_PUBLISHED,

@@ -23,14 +23,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from lepton_model.classifier import Classifier
 from lepton_model.errors import ImageError
-from lepton_runtime import codecs, jsonio
-from lepton_runtime.auth import EventAuthenticator
-from lepton_runtime.emit import (
-    INFERENCE_COMPLETED,
-    INFERENCE_FAILED,
-    MODEL_PUBLISHED,
-    reply_event,
-)
+from lepton_runtime import jsonio
 from lepton_runtime.errors import (
     BadRequestError,
     LeptonError,
@@ -40,7 +33,8 @@ from lepton_runtime.errors import (
     UnsupportedMediaTypeError,
     is_retryable,
 )
-from lepton_runtime.events import (
+from lepton_runtime.events.auth import EventAuthenticator
+from lepton_runtime.events.inbound import (
     InboundEvent,
     ObjectRef,
     authorize,
@@ -48,11 +42,14 @@ from lepton_runtime.events import (
     parse_cloudevent,
     parse_json,
 )
-from lepton_runtime.inference.catalog import ModelCatalog
-from lepton_runtime.inference.registry import ModelRegistry
-from lepton_runtime.metrics import FunctionMetrics
-from lepton_runtime.models.store import ModelStore
-from lepton_runtime.protocol import (
+from lepton_runtime.events.outbound import (
+    INFERENCE_COMPLETED,
+    INFERENCE_FAILED,
+    MODEL_PUBLISHED,
+    reply_event,
+)
+from lepton_runtime.http import wire
+from lepton_runtime.http.responses import (
     Work,
     body_origin,
     cloudevent_origin,
@@ -63,6 +60,10 @@ from lepton_runtime.protocol import (
     respond,
     v2_error_body,
 )
+from lepton_runtime.inference.catalog import ModelCatalog
+from lepton_runtime.inference.registry import ModelRegistry
+from lepton_runtime.metrics import FunctionMetrics
+from lepton_runtime.models.store import ModelStore
 from lepton_runtime.settings import Settings
 from lepton_runtime.storage import Storage
 
@@ -137,7 +138,7 @@ class InferenceService:
         """The default model's registry (readiness follows it)."""
         return self.models.default
 
-    # lifecycle hooks used by lepton_runtime.server
+    # lifecycle hooks used by lepton_runtime.http.server
     def start(self) -> None:
         self.models.start()
 
@@ -173,7 +174,7 @@ class InferenceService:
             return self.models.loaded(_route_model(path) or self.models.default_name)
         if request.method != "POST" or "ce-specversion" in request.headers:
             return False
-        mtype = codecs.media_type(request.content_type)
+        mtype = wire.media_type(request.content_type)
         if not (mtype.startswith("image/") or mtype in _INLINE_TYPES):
             return False
         name = request.args.get(MODEL_PARAMETER) if request.query_string else None
@@ -204,14 +205,14 @@ class InferenceService:
                 lambda: self._event(parse_cloudevent(cloud_event)),
                 self._failure(cloudevent_origin(cloud_event), cloud_event.get("subject")),
             )
-        mtype = codecs.media_type(request.content_type)
+        mtype = wire.media_type(request.content_type)
         model = request.args.get(MODEL_PARAMETER) or None if request.query_string else None
         if mtype == "multipart/form-data":
             return Work("multipart", lambda: self._answer_images(self._multipart(request), model))
         body = self._body(request)
         if mtype.startswith("image/") or mtype == "application/octet-stream":
             return Work("image", lambda: self._answer_images([("body", body)], model))
-        if codecs.is_json_type(mtype) or (
+        if wire.is_json_type(mtype) or (
             mtype in _GENERIC_TYPES and body.lstrip()[:1] in (b"{", b"[")
         ):
             payload = self._json(body)
@@ -223,7 +224,7 @@ class InferenceService:
                     self._failure(body_origin(body)),
                 )
             return Work("tfserving", lambda: self._tfserving(payload, model))
-        if mtype in _GENERIC_TYPES and codecs.looks_like_image(body):
+        if mtype in _GENERIC_TYPES and wire.looks_like_image(body):
             return Work("image", lambda: self._answer_images([("body", body)], model))  # curl -d
         if not body:
             raise BadRequestError("the request body is empty; send an image or JSON")
@@ -280,7 +281,7 @@ class InferenceService:
         if not rest and method == "GET":
             classifier = self._require(name, version)
             return json_response(
-                codecs.v2_model_metadata(
+                wire.v2_model_metadata(
                     classifier.name,
                     classifier.version,
                     classifier.predictor.runtime,
@@ -303,8 +304,8 @@ class InferenceService:
     def _v2_infer(self, request: Request, name: str, version: str | None) -> Response:
         classifier = self._require(name, version)
         body = self._body(request)
-        json_length = codecs.v2_json_length(
-            request.headers.get(codecs.V2_JSON_LENGTH_HEADER), len(body)
+        json_length = wire.v2_json_length(
+            request.headers.get(wire.V2_JSON_LENGTH_HEADER), len(body)
         )
         header, binary = (
             (body, b"")
@@ -314,11 +315,11 @@ class InferenceService:
                 body[json_length:],
             )
         )
-        parsed = codecs.parse_v2_infer(
+        parsed = wire.parse_v2_infer(
             self._json(header), binary, classifier.input_shape, self.settings.max_batch_images
         )
         probabilities = classifier.probabilities(self._batch(classifier, parsed.inputs))
-        answer, headers = codecs.v2_infer_answer(
+        answer, headers = wire.v2_infer_answer(
             classifier.name, classifier.version, parsed, probabilities
         )
         return Response(answer, status=200, headers=headers)
@@ -330,7 +331,7 @@ class InferenceService:
             {
                 "status": "alive",
                 "function": "infer",
-                "model": codecs.model_info(classifier.name, classifier.version)
+                "model": wire.model_info(classifier.name, classifier.version)
                 if classifier
                 else None,
                 "usage": "POST an image, a multipart form, TF-Serving JSON or an S3 event to /",
@@ -399,7 +400,7 @@ class InferenceService:
 
     def _decode_all(self, classifier: Classifier, images: list[tuple[str, bytes]]) -> np.ndarray:
         """Decode named images into one batch; an error names the image when there are several."""
-        codecs.check_batch(len(images), self.settings.max_batch_images)
+        wire.check_batch(len(images), self.settings.max_batch_images)
         arrays = []
         for name, data in images:
             try:
@@ -414,24 +415,24 @@ class InferenceService:
     def _answer_images(self, images: list[tuple[str, bytes]], model: str | None) -> Response:
         classifier = self.models.require(model)
         predictions = self._classify(classifier, images)
-        return json_response(codecs.image_answer(classifier.name, classifier.version, predictions))
+        return json_response(wire.image_answer(classifier.name, classifier.version, predictions))
 
     def _batch(
-        self, classifier: Classifier, inputs: codecs.ImagesInput | codecs.TensorInput
+        self, classifier: Classifier, inputs: wire.ImagesInput | wire.TensorInput
     ) -> np.ndarray:
         """The model's input batch: a tensor as sent, or the images decoded."""
-        if isinstance(inputs, codecs.TensorInput):
+        if isinstance(inputs, wire.TensorInput):
             self.metrics.batch(len(inputs.array))
             return inputs.array
         return self._decode_all(classifier, list(inputs.images))
 
     def _tfserving(self, payload: Any, model: str | None) -> Response:
         classifier = self.models.require(model)
-        parsed = codecs.parse_tfserving(
+        parsed = wire.parse_tfserving(
             payload, classifier.input_shape, self.settings.max_batch_images
         )
         probabilities = classifier.probabilities(self._batch(classifier, parsed))
-        return json_response(codecs.tfserving_answer(probabilities))
+        return json_response(wire.tfserving_answer(probabilities))
 
     # --- events -------------------------------------------------------------------------------
 
@@ -499,7 +500,7 @@ class InferenceService:
             "version_id": obj.version_id or ref.version_id,
             "event_time": ref.event_time,
         }
-        model = codecs.model_info(classifier.name, classifier.version)
+        model = wire.model_info(classifier.name, classifier.version)
         try:
             predictions = self._classify(classifier, [(ref.key, obj.data)])
             body = {
@@ -541,7 +542,7 @@ class InferenceService:
             dict(entries[0])
             if len(entries) == 1
             else {
-                "model": codecs.model_info(classifier.name, classifier.version),
+                "model": wire.model_info(classifier.name, classifier.version),
                 "predictions": [p for e in entries for p in e.get("predictions", [])],
             }
         )

@@ -14,10 +14,10 @@ from pathlib import Path
 import requests
 from cloudevents.http import from_json
 
-from lepton_runtime.auth import sink_authorization
-from lepton_runtime.emit import binary_http
 from lepton_runtime.errors import LeptonError, is_retryable
-from lepton_runtime.events import parse_cloudevent
+from lepton_runtime.events.auth import sink_authorization
+from lepton_runtime.events.inbound import parse_cloudevent
+from lepton_runtime.events.outbound import binary_http
 from lepton_runtime.training.service import TrainingService
 
 log = logging.getLogger("lepton.train.job")

@@ -34,9 +34,7 @@ from lepton_model.artifacts import KERAS_FILE, METADATA_FILE, export_artifact
 from lepton_model.datasets import MANIFEST_NAME
 from lepton_model.errors import DatasetError, LeptonModelError
 from lepton_model.input_choice import InputChoice, choose_input
-from lepton_runtime import codecs, jsonio
-from lepton_runtime.auth import EventAuthenticator
-from lepton_runtime.emit import MODEL_PUBLISHED, TRAINING_FAILED, reply_event
+from lepton_runtime import jsonio
 from lepton_runtime.errors import (
     BadRequestError,
     ObjectTooLargeError,
@@ -44,7 +42,8 @@ from lepton_runtime.errors import (
     TrainingBusyError,
     is_retryable,
 )
-from lepton_runtime.events import (
+from lepton_runtime.events.auth import EventAuthenticator
+from lepton_runtime.events.inbound import (
     InboundEvent,
     ObjectRef,
     authorize,
@@ -52,9 +51,9 @@ from lepton_runtime.events import (
     parse_cloudevent,
     parse_json,
 )
-from lepton_runtime.metrics import FunctionMetrics
-from lepton_runtime.models.store import Claim, LeaseLostError, ModelStore
-from lepton_runtime.protocol import (
+from lepton_runtime.events.outbound import MODEL_PUBLISHED, TRAINING_FAILED, reply_event
+from lepton_runtime.http import wire
+from lepton_runtime.http.responses import (
     Work,
     body_origin,
     cloudevent_origin,
@@ -64,6 +63,8 @@ from lepton_runtime.protocol import (
     json_response,
     respond,
 )
+from lepton_runtime.metrics import FunctionMetrics
+from lepton_runtime.models.store import Claim, LeaseLostError, ModelStore
 from lepton_runtime.settings import Settings
 from lepton_runtime.storage import Storage
 from lepton_runtime.training.requests import (
@@ -239,8 +240,8 @@ class TrainingService:
         return parse_options(options, self.settings.model_name, source, defaults=self.defaults)
 
     def _json(self, request: Request) -> Any:
-        mtype = codecs.media_type(request.content_type)
-        if mtype and not codecs.is_json_type(mtype):
+        mtype = wire.media_type(request.content_type)
+        if mtype and not wire.is_json_type(mtype):
             raise BadRequestError(f"send application/json, not {mtype!r}")
         return jsonio.loads(request.get_data(cache=True), self.settings.max_json_values)
 
@@ -479,10 +480,30 @@ class TrainingService:
         started: float,
         status: TrainingStatus,
     ) -> TrainingOutcome:
+        """Train, gate, publish, reply: the run's work once its dataset is loaded and claimed."""
+        version = str(claim.body["version"])
+        trained = self._fit(loaded, version, lease, status)
+        published = self._publish(loaded, claim, trained, lease)
+        log.info(
+            "model published" if published.promoted else "model stored, not promoted",
+            extra={
+                "model": loaded.job.model_name,
+                "version": version,
+                "reason": published.reason,
+                "test_accuracy": trained.evaluation.accuracy,
+                "val_accuracy": trained.validation.accuracy,
+            },
+        )
+        self.metrics.object_event("completed")
+        data = self._published_reply(loaded, version, trained, published, started)
+        return TrainingOutcome(MODEL_PUBLISHED, data)
+
+    def _fit(self, loaded: _Loaded, version: str, lease: _Heartbeat, status: TrainingStatus) -> Any:
+        """Train on the loaded dataset, reporting each epoch to the status object and the log."""
         from lepton_model.training import train
 
-        job, dataset, reread = loaded.job, loaded.dataset, loaded.reread
-        name, version = job.model_name, str(claim.body["version"])
+        job, dataset = loaded.job, loaded.dataset
+        name = job.model_name
         log.info(
             "training started",
             extra={
@@ -493,7 +514,6 @@ class TrainingService:
                 "digest": dataset.digest,
             },
         )
-
         progress = {"version": version, "epochs": job.config.epochs, "images": len(dataset)}
         status.report("training", epoch=0, **progress)
 
@@ -508,20 +528,30 @@ class TrainingService:
                     "version": version,
                     "epoch": epoch,
                     "epochs": job.config.epochs,
-                    **{k: round(v, 5) for k, v in logs.items()},
+                    **metrics,
                 },
             )
 
         trained = train(dataset, job.spec(len(dataset.class_names)), job.config, on_epoch)
         status.report("publishing", epoch=trained.epochs_run, **progress)
-        promoted, reason, live, live_accuracy = self._gate(name, trained, reread, job.replace)
+        return trained
+
+    def _publish(
+        self, loaded: _Loaded, claim: Claim, trained: Any, lease: _Heartbeat
+    ) -> _Published:
+        """Gate the trained model, store its version, and move the pointer when promoted."""
+        job = loaded.job
+        name, version = job.model_name, str(claim.body["version"])
+        promoted, reason, live, live_accuracy = self._gate(
+            name, trained, loaded.reread, job.replace
+        )
         with tempfile.TemporaryDirectory(prefix="lepton-train-") as tmp:
             metadata = export_artifact(
                 trained,
                 Path(tmp),
                 name,
                 version,
-                dataset.digest,
+                loaded.dataset.digest,
                 extra={
                     "promoted": promoted,
                     "gate": reason,
@@ -549,12 +579,25 @@ class TrainingService:
             if not move.moved:
                 promoted = False
                 reason = f"a version trained later ({move.live}) is live"
-        data = {
+        return _Published(promoted, reason, live, live_accuracy, metadata)
+
+    def _published_reply(
+        self,
+        loaded: _Loaded,
+        version: str,
+        trained: Any,
+        published: _Published,
+        started: float,
+    ) -> dict[str, Any]:
+        """The data of the ai.lepton.model.published reply (and of the run's done record)."""
+        job, dataset, metadata = loaded.job, loaded.dataset, published.metadata
+        name = job.model_name
+        return {
             "name": name,
             "version": version,
-            "promoted": promoted,
-            "gate": reason,
-            "previous_version": live,
+            "promoted": published.promoted,
+            "gate": published.reason,
+            "previous_version": published.live,
             "metrics": {
                 key: metadata.metrics[key]
                 for key in (
@@ -565,7 +608,7 @@ class TrainingService:
                     "per_class_accuracy",
                 )
             }
-            | {"live_test_accuracy": live_accuracy},
+            | {"live_test_accuracy": published.live_accuracy},
             "location": {
                 "bucket": self.store.bucket,
                 "prefix": self.store.version_prefix(name, version),
@@ -587,18 +630,6 @@ class TrainingService:
                 "images_per_second": round(trained.images_per_second, 1),
             },
         }
-        log.info(
-            "model published" if promoted else "model stored, not promoted",
-            extra={
-                "model": name,
-                "version": version,
-                "reason": reason,
-                "test_accuracy": trained.evaluation.accuracy,
-                "val_accuracy": trained.validation.accuracy,
-            },
-        )
-        self.metrics.object_event("completed")
-        return TrainingOutcome(MODEL_PUBLISHED, data)
 
     def _gate(
         self, name: str, trained: Any, reread: Reread | None, replace_labels: bool = False
@@ -707,6 +738,17 @@ class TrainingOutcome:
     @property
     def ok(self) -> bool:
         return self.event_type == MODEL_PUBLISHED
+
+
+@dataclass(frozen=True)
+class _Published:
+    """What publishing a trained version did: promoted or why not, and the live one before."""
+
+    promoted: bool
+    reason: str
+    live: str | None
+    live_accuracy: float | None
+    metadata: Any
 
 
 def _labels(names: Any) -> str:

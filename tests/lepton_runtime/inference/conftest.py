@@ -18,8 +18,8 @@ from asgi_client import ASGITestClient
 from lepton_model import datasets, digits
 from lepton_model.artifacts import export_artifact
 from lepton_model.training import TrainingConfig, train
+from lepton_runtime.http.server import build_app
 from lepton_runtime.inference.service import InferenceService
-from lepton_runtime.server import build_app
 from lepton_runtime.settings import Settings
 from lepton_runtime.storage import Storage
 

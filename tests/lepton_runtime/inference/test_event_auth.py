@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from cloudevents.http import CloudEvent
 
-from lepton_runtime.auth import EventAuthenticator
-from lepton_runtime.emit import binary_http
+from lepton_runtime.events.auth import EventAuthenticator
+from lepton_runtime.events.outbound import binary_http
 from lepton_runtime.inference.service import InferenceService
 from lepton_runtime.settings import Settings
 from lepton_runtime.storage import Storage

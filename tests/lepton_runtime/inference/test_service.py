@@ -16,7 +16,7 @@ import pytest
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 
-from lepton_runtime.emit import binary_http, event_from_http
+from lepton_runtime.events.outbound import binary_http, event_from_http
 from lepton_runtime.inference.service import InferenceService
 from lepton_runtime.settings import Settings
 from lepton_runtime.storage import Storage

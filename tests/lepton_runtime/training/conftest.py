@@ -15,7 +15,7 @@ import pytest
 
 from asgi_client import ASGITestClient
 from lepton_model import digits
-from lepton_runtime.server import build_app
+from lepton_runtime.http.server import build_app
 from lepton_runtime.settings import Settings
 from lepton_runtime.storage import Storage
 from lepton_runtime.training.service import TrainingService

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from asgi_client import ASGITestClient
-from lepton_runtime.auth import EventAuthenticator
-from lepton_runtime.server import build_app
+from lepton_runtime.events.auth import EventAuthenticator
+from lepton_runtime.http.server import build_app
 from lepton_runtime.settings import Settings
 from lepton_runtime.storage import Storage
 from lepton_runtime.training.service import TrainingService

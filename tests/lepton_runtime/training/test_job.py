@@ -11,7 +11,7 @@ from cloudevents.conversion import to_json
 from cloudevents.http import CloudEvent
 
 from archive_bombs import GiB, zip_of_zeros
-from lepton_runtime.emit import MODEL_PUBLISHED
+from lepton_runtime.events.outbound import MODEL_PUBLISHED
 from lepton_runtime.settings import Location
 from lepton_runtime.training.job import EXIT_FAILED, EXIT_OK, run_job
 from lepton_runtime.training.requests import dataset_source_for_key

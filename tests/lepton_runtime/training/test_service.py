@@ -9,9 +9,9 @@ import pytest
 
 from archive_bombs import GiB, zip_of_zeros
 from lepton_model.datasets import DatasetLimits
-from lepton_runtime.emit import event_from_http
 from lepton_runtime.errors import StorageUnavailableError
-from lepton_runtime.events import parse_json
+from lepton_runtime.events.inbound import parse_json
+from lepton_runtime.events.outbound import event_from_http
 from lepton_runtime.settings import Settings
 from lepton_runtime.training.service import dataset_limits
 
@@ -221,7 +221,7 @@ def test_below_the_accuracy_floor_is_stored_but_not_live(
     make_service, s3, record, uploaded_archive
 ) -> None:
     service = make_service(LEPTON_MIN_ACCURACY="1.0", LEPTON_TRAIN_EPOCHS="1")
-    from lepton_runtime.events import parse_json
+    from lepton_runtime.events.inbound import parse_json
 
     outcome = service.run_event(parse_json({"Records": [record(uploaded_archive)]}))[0]
     assert outcome.data["promoted"] is False
@@ -403,7 +403,7 @@ def test_other_options_on_the_same_data_train_again(client, s3, uploaded_archive
 def test_crash_while_uploading_never_moves_the_pointer(
     service, s3, record, uploaded_archive, monkeypatch
 ) -> None:
-    from lepton_runtime.events import parse_json
+    from lepton_runtime.events.inbound import parse_json
 
     original = service.storage.put_file
 

@@ -14,9 +14,9 @@ from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 from werkzeug.test import Client
 
-from lepton_runtime.deadletters import DeadLetterApp, DeadLetterStore
-from lepton_runtime.emit import binary_http
+from lepton_adapters.dead_letter_sink import DeadLetterApp, DeadLetterStore
 from lepton_runtime.errors import ConfigurationError, StorageUnavailableError
+from lepton_runtime.events.outbound import binary_http
 from lepton_runtime.settings import Location, Settings
 from lepton_runtime.storage import Storage
 
@@ -115,7 +115,7 @@ def test_storage_outage_still_answers_202_and_logs(
 ) -> None:
     client = Client(DeadLetterApp(DeadLetterStore(FailingStorage(), settings)))
     headers, body = to_binary(dead_letter)
-    with caplog.at_level(logging.ERROR, logger="lepton_runtime.deadletters"):
+    with caplog.at_level(logging.ERROR, logger="lepton_adapters.dead_letter_sink"):
         response = client.post("/", headers=headers, data=body)
     assert response.status_code == 202
     assert response.get_json() == {"stored_as": None}

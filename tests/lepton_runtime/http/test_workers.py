@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from lepton_runtime.workers import available_cpus
+from lepton_runtime.http.workers import available_cpus
 
 pytestmark = pytest.mark.slow
 

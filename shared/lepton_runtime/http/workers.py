@@ -20,9 +20,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lepton_runtime.processes import die_with_parent, settle_heap
-from lepton_runtime.server import listening_socket, load_function, serve_process
-from lepton_runtime.settings import Settings
+from lepton_runtime.http.processes import die_with_parent, settle_heap
+from lepton_runtime.http.server import listening_socket, load_function, serve_process
+from lepton_runtime.settings import (
+    Settings,
+    metrics_multiprocess_dir,
+    use_metrics_multiprocess_dir,
+)
 
 log = logging.getLogger("lepton.server")
 
@@ -49,10 +53,10 @@ def serve(function_dir: Path, settings: Settings, grace_seconds: float = 30.0) -
     capped by what the function allows)."""
     workers = settings.workers or available_cpus()
     metrics_dir = None
-    if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    if workers > 1 and not metrics_multiprocess_dir():
         # prometheus-client picks its value store at import: before the function is loaded.
         metrics_dir = tempfile.mkdtemp(prefix="lepton-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        use_metrics_multiprocess_dir(metrics_dir)
     try:
         func = load_function(function_dir)
         service = getattr(func, "service", None)
@@ -163,7 +167,7 @@ def _signal(pid: int, signum: int) -> None:
 
 
 def _mark_dead(pid: int) -> None:
-    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+    if metrics_multiprocess_dir():
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid)

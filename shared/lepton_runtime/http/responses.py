@@ -30,7 +30,6 @@ from lepton_model.errors import (
     UnsupportedImageError,
 )
 from lepton_runtime import jsonio
-from lepton_runtime.emit import binary_http, reply_event
 from lepton_runtime.errors import (
     AccessDeniedError,
     BadRequestError,
@@ -50,6 +49,7 @@ from lepton_runtime.errors import (
     UnsupportedMediaTypeError,
     is_retryable,
 )
+from lepton_runtime.events.outbound import binary_http, reply_event
 
 # Knative's delivery retries these statuses (and every 5xx); a permanent error must avoid them.
 KNATIVE_RETRIED_STATUSES = frozenset({404, 408, 409, 429})
@@ -99,16 +99,18 @@ def error_code(error: Exception) -> str:
     return str(getattr(error, "code", "internal_error"))
 
 
+def error_payload(code: str, message: str, **more: Any) -> dict[str, Any]:
+    """The one error format of every server here: `{"error": {"code", "message", ...}}`."""
+    return {"error": {"code": code, "message": message, **more}}
+
+
 def error_body(error: Exception) -> dict[str, Any]:
-    """`{"error": {"code", "message"}}`; unexpected errors never leak their text or trace."""
-    known = isinstance(error, (LeptonError, LeptonModelError))
-    message = str(error) if known else "internal error; see the function's log"
-    body: dict[str, Any] = {"code": error_code(error) if known else "internal_error"}
-    body["message"] = message
+    """The error format for an exception; unexpected errors never leak their text or trace."""
+    if not isinstance(error, (LeptonError, LeptonModelError)):
+        return error_payload("internal_error", "internal error; see the function's log")
     problems = getattr(error, "problems", None)
-    if problems:
-        body["problems"] = list(problems)
-    return {"error": body}
+    extra = {"problems": list(problems)} if problems else {}
+    return error_payload(error_code(error), str(error), **extra)
 
 
 def v2_error_body(error: Exception) -> dict[str, Any]:

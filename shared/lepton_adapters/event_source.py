@@ -17,14 +17,13 @@ limit, lands in the queue's dead-letter queue. A webhook POST is answered 2xx on
 forwarding succeeded and 5xx otherwise, so MinIO retries. `s3:TestEvent` messages are
 acknowledged without posting. SIGTERM/SIGINT finish the message in flight, then stop.
 
-Run it with `python -m lepton_runtime.source`; it logs JSON lines to stdout.
+Run it with `python -m lepton_adapters.event_source`; it logs JSON lines to stdout.
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
-import json
 import logging
 import signal
 import sys
@@ -43,17 +42,18 @@ from cloudevents.abstract import CloudEvent
 from waitress import wasyncore
 from werkzeug.wrappers import Request, Response
 
+from lepton_adapters.wsgi import json_error_server
 from lepton_runtime import jsonio
-from lepton_runtime.auth import sink_authorization
-from lepton_runtime.emit import binary_http, s3_object_event
 from lepton_runtime.errors import BadRequestError, ConfigurationError, LeptonError
-from lepton_runtime.events import find_records
+from lepton_runtime.events.auth import sink_authorization
+from lepton_runtime.events.inbound import find_records
+from lepton_runtime.events.outbound import binary_http, s3_object_event
+from lepton_runtime.http.responses import error_payload, json_response
 from lepton_runtime.logs import configure
 from lepton_runtime.settings import Settings
 from lepton_runtime.storage import make_sqs_client
-from lepton_runtime.wsgi import json_error_server
 
-log = logging.getLogger("lepton_runtime.source")
+log = logging.getLogger("lepton_adapters.event_source")
 
 MAX_WEBHOOK_BODY_BYTES = 1024 * 1024  # S3 caps a notification at 64 KB; MinIO bodies are smaller
 _SQS_BATCH = 10  # the SQS maximum per ReceiveMessage
@@ -267,30 +267,32 @@ class WebhookApp:
     def respond(self, request: Request) -> Response:
         if request.method in ("HEAD", "GET"):
             # MinIO checks that the endpoint is up with a HEAD request.
-            return _json_response(200, {"status": "ok"})
+            return json_response({"status": "ok"}, 200)
         if request.method != "POST":
-            return _json_response(405, _error("method_not_allowed", "use POST"))
+            return json_response(error_payload("method_not_allowed", "use POST"), 405)
         if self._expected and not hmac.compare_digest(
             request.headers.get("Authorization", "").encode(), self._expected
         ):
-            return _json_response(401, _error("unauthorized", "missing or wrong bearer token"))
+            return json_response(
+                error_payload("unauthorized", "missing or wrong bearer token"), 401
+            )
         if (request.content_length or 0) > MAX_WEBHOOK_BODY_BYTES:
-            return _json_response(413, _error("payload_too_large", "notification too large"))
+            return json_response(error_payload("payload_too_large", "notification too large"), 413)
         try:
             body = jsonio.loads(request.get_data(cache=False), what="the notification")
             forwarded = self.forwarder.forward(body)
         except BadRequestError as exc:
             log.error("webhook body is no S3 notification", extra={"error": str(exc)})
-            return _json_response(400, _error("invalid_event", str(exc)))
+            return json_response(error_payload("invalid_event", str(exc)), 400)
         except DeliveryError as exc:
             log.warning("sink refused a webhook event", extra={"error": str(exc)})
-            return _json_response(503, _error(exc.code, str(exc)))
+            return json_response(error_payload(exc.code, str(exc)), 503)
         log.info(
             "webhook delivered" if forwarded.event_ids else "webhook acknowledged",
             extra={"event_ids": forwarded.event_ids, "ignored": forwarded.ignored},
         )
-        return _json_response(
-            200, {"forwarded": list(forwarded.event_ids), "ignored": list(forwarded.ignored)}
+        return json_response(
+            {"forwarded": list(forwarded.event_ids), "ignored": list(forwarded.ignored)}
         )
 
 
@@ -434,7 +436,7 @@ class SourceAdapter:
 
 
 def main() -> int:
-    """Entry point of `python -m lepton_runtime.source`: run until SIGTERM/SIGINT.
+    """Entry point of `python -m lepton_adapters.event_source`: run until SIGTERM/SIGINT.
 
     Exit status: 0 after a signal, 1 if the poller crashed, 2 for a bad configuration.
     """
@@ -465,14 +467,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _json_response(status: int, body: Mapping[str, Any]) -> Response:
-    return Response(json.dumps(body), status=status, mimetype="application/json")
-
-
-def _error(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message}}
 
 
 if __name__ == "__main__":

@@ -15,15 +15,15 @@ from waitress.channel import HTTPChannel
 from waitress.server import create_server
 from waitress.task import ErrorTask
 
+from lepton_runtime.http.responses import error_payload
+
 _CODES = {400: "bad_request", 413: "payload_too_large", 431: "headers_too_large"}
 
 
 class _JsonErrorTask(ErrorTask):
     def execute(self) -> None:
         error = self.request.error
-        body = orjson.dumps(
-            {"error": {"code": _CODES.get(error.code, "http_error"), "message": error.body}}
-        )
+        body = orjson.dumps(error_payload(_CODES.get(error.code, "http_error"), error.body))
         self.status = f"{error.code} {error.reason}"
         self.response_headers.append(("Content-Type", "application/json"))
         self.set_close_on_finish()

@@ -42,8 +42,9 @@ from parliament.invocation import Context
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from werkzeug.wrappers import Response
 
-from lepton_runtime.emit import event_from_http
-from lepton_runtime.processes import bound_heap, settle_heap
+from lepton_runtime.events.outbound import event_from_http
+from lepton_runtime.http.processes import bound_heap, settle_heap
+from lepton_runtime.http.responses import error_payload
 from lepton_runtime.settings import Settings
 
 log = logging.getLogger("lepton.server")
@@ -79,7 +80,7 @@ class FunctionService(Protocol):
 
 def error_json(status: int, code: str, message: str) -> bytes:
     """The functions' error body, for answers the front gives itself."""
-    return orjson.dumps({"error": {"code": code, "message": message}})
+    return orjson.dumps(error_payload(code, message))
 
 
 class BodyBudget:

@@ -23,10 +23,7 @@ import requests
 from cloudevents.http import CloudEvent, from_http
 from werkzeug.test import Client
 
-from lepton_runtime.errors import ConfigurationError, EventFormatError
-from lepton_runtime.events import parse_cloudevent
-from lepton_runtime.settings import S3Settings, Settings
-from lepton_runtime.source import (
+from lepton_adapters.event_source import (
     MAX_WEBHOOK_BODY_BYTES,
     DeliveryError,
     Forwarder,
@@ -34,6 +31,9 @@ from lepton_runtime.source import (
     SqsPoller,
     WebhookApp,
 )
+from lepton_runtime.errors import ConfigurationError, EventFormatError
+from lepton_runtime.events.inbound import parse_cloudevent
+from lepton_runtime.settings import S3Settings, Settings
 
 EVENTS = Path(__file__).resolve().parents[1] / "data" / "events"
 KEY = "images/cat 1.png"
@@ -416,7 +416,7 @@ def test_the_program_stops_cleanly_on_sigterm(pipeline: Pipeline, sink: Sink) ->
         "LEPTON_SQS_WAIT_SECONDS": "1",
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "lepton_runtime.source"],
+        [sys.executable, "-m", "lepton_adapters.event_source"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

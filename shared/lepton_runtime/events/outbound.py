@@ -15,7 +15,7 @@ from cloudevents.abstract import CloudEvent as AnyCloudEvent
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent, from_http
 
-from lepton_runtime.events import S3_EVENT_TYPE_PREFIX, event_name
+from lepton_runtime.events.inbound import S3_EVENT_TYPE_PREFIX, event_name
 
 INFERENCE_COMPLETED = "ai.lepton.inference.completed"
 INFERENCE_FAILED = "ai.lepton.inference.failed"

@@ -11,7 +11,7 @@ Storage failures never fail the request (202 either way): the log line is the re
 resort, and a 5xx would only make the Broker retry into the same outage. Only a body that is no
 CloudEvent at all gets a 400.
 
-Run it with `python -m lepton_runtime.deadletters` (port $PORT, default 8080). GET
+Run it with `python -m lepton_adapters.dead_letter_sink` (port $PORT, default 8080). GET
 /health/liveness and /health/readiness answer 200; SIGTERM stops it after the request in flight.
 """
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import logging
 import signal
 import sys
@@ -34,12 +33,13 @@ from cloudevents.exceptions import GenericException as CloudEventError
 from cloudevents.http import from_http
 from werkzeug.wrappers import Request, Response
 
+from lepton_adapters.wsgi import json_error_server
 from lepton_runtime import jsonio
 from lepton_runtime.errors import BadRequestError, ConfigurationError, LeptonError
+from lepton_runtime.http.responses import error_payload, json_response
 from lepton_runtime.settings import Location, Settings
-from lepton_runtime.wsgi import json_error_server
 
-log = logging.getLogger("lepton_runtime.deadletters")
+log = logging.getLogger("lepton_adapters.dead_letter_sink")
 
 DEAD_LETTER_PREFIX = "dead-letters/"
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -104,15 +104,15 @@ class DeadLetterApp:
 
     def respond(self, request: Request) -> Response:
         if request.method == "GET" and request.path in ("/health/liveness", "/health/readiness"):
-            return _json(200, {"status": "ok"})
+            return json_response({"status": "ok"}, 200)
         if request.method != "POST":
-            return _json(405, _error("method_not_allowed", "POST a CloudEvent"))
+            return json_response(error_payload("method_not_allowed", "POST a CloudEvent"), 405)
         if (request.content_length or 0) > MAX_BODY_BYTES:
-            return _json(413, _error("payload_too_large", "dead letter too large"))
+            return json_response(error_payload("payload_too_large", "dead letter too large"), 413)
         try:
             event = from_http(dict(request.headers), request.get_data(cache=False))
         except (CloudEventError, ValueError) as exc:
-            return _json(400, _error("invalid_event", f"not a CloudEvent: {exc}"))
+            return json_response(error_payload("invalid_event", f"not a CloudEvent: {exc}"), 400)
         binary = not request.mimetype.startswith("application/cloudevents")
         record = describe(event, percent_encoded=binary)
         stored = self._store(record)
@@ -120,7 +120,7 @@ class DeadLetterApp:
             "dead letter",
             extra={"event": record["attributes"], "error": record["error"], "stored_as": stored},
         )
-        return _json(202, {"stored_as": stored})
+        return json_response({"stored_as": stored}, 202)
 
     def _store(self, record: Mapping[str, Any]) -> str | None:
         if self.store is None:
@@ -153,7 +153,7 @@ def serve(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python -m lepton_runtime.deadletters`."""
+    """Entry point of `python -m lepton_adapters.dead_letter_sink`."""
     from lepton_runtime.logs import configure
     from lepton_runtime.storage import Storage
 
@@ -186,14 +186,6 @@ def _plain(value: Any, percent_encoded: bool) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     return unquote(value) if percent_encoded and isinstance(value, str) else value
-
-
-def _json(status: int, body: Mapping[str, Any]) -> Response:
-    return Response(json.dumps(body), status=status, mimetype="application/json")
-
-
-def _error(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message}}
 
 
 if __name__ == "__main__":

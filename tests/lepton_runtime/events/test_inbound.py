@@ -10,7 +10,7 @@ import pytest
 from cloudevents.http import CloudEvent, from_http
 
 from lepton_runtime.errors import EventFormatError, ForbiddenLocationError
-from lepton_runtime.events import (
+from lepton_runtime.events.inbound import (
     ObjectRef,
     authorize,
     find_records,
@@ -20,7 +20,7 @@ from lepton_runtime.events import (
 )
 from lepton_runtime.settings import Location, Settings
 
-EVENTS = Path(__file__).resolve().parents[1] / "data" / "events"
+EVENTS = Path(__file__).resolve().parents[2] / "data" / "events"
 UPLOADS = "lepton-uploads"
 
 

@@ -7,7 +7,7 @@ import logging
 import pytest
 from flask import Response
 
-import lepton_runtime.source  # noqa: F401 - registers DeliveryError among the subclasses
+import lepton_adapters.event_source  # noqa: F401 - registers DeliveryError among the subclasses
 from lepton_model.errors import LeptonModelError
 from lepton_runtime.errors import (
     ConfigurationError,
@@ -17,8 +17,8 @@ from lepton_runtime.errors import (
     StorageUnavailableError,
     is_retryable,
 )
+from lepton_runtime.http.responses import Work, failure_reply, respond, status_for
 from lepton_runtime.metrics import FunctionMetrics
-from lepton_runtime.protocol import Work, failure_reply, respond, status_for
 
 
 def _all_subclasses(*bases: type) -> list[type]:
@@ -97,7 +97,7 @@ def _readme_retry_table() -> dict[str, tuple[str, str]]:
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
     table = readme.split("| Fault (error code) |", 1)[1].split("\n\n", 1)[0]
     rows: dict[str, tuple[str, str]] = {}
     for line in table.splitlines()[2:]:

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from cloudevents.http import from_http
 
-from lepton_runtime.emit import (
+from lepton_runtime.events.inbound import parse_cloudevent
+from lepton_runtime.events.outbound import (
     INFERENCE_COMPLETED,
     INFERENCE_FAILED,
     MODEL_PUBLISHED,
@@ -20,9 +21,8 @@ from lepton_runtime.emit import (
     s3_object_event,
     structured_http,
 )
-from lepton_runtime.events import parse_cloudevent
 
-EVENTS = Path(__file__).resolve().parents[1] / "data" / "events"
+EVENTS = Path(__file__).resolve().parents[2] / "data" / "events"
 
 
 def record(name: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Event token verification (lepton_runtime.auth) with keys made in the test: every way a
+"""Event token verification (lepton_runtime.events.auth) with keys made in the test: every way a
 token can be wrong is refused, a right one is accepted, from a JWKS file, URL or discovery."""
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import strategies as st
 
-from lepton_runtime.auth import EventAuthenticator
 from lepton_runtime.errors import (
     AuthUnavailableError,
     ConfigurationError,
     UnauthorizedError,
     is_retryable,
 )
-from lepton_runtime.protocol import error_response, status_for
+from lepton_runtime.events.auth import EventAuthenticator
+from lepton_runtime.http.responses import error_response, status_for
 from lepton_runtime.settings import Settings
 
 AUDIENCE = "lepton-infer"

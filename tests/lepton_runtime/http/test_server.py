@@ -19,9 +19,9 @@ import requests
 from cloudevents.http import CloudEvent
 
 from asgi_client import ASGITestClient
-from lepton_runtime.emit import binary_http
+from lepton_runtime.events.outbound import binary_http
+from lepton_runtime.http.server import _OneWrite, build_app
 from lepton_runtime.metrics import FunctionMetrics
-from lepton_runtime.server import _OneWrite, build_app
 from lepton_runtime.settings import Settings
 
 

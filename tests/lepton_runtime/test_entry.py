@@ -1,0 +1,62 @@
+"""`lepton-function`, what the function images run: it needs nothing of the development stack."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+# What only the CLI and the local stack use (the `stack` extra): never loaded by a function.
+DEV_ONLY = ("lepton_stack", "yaml", "jsonpatch", "isodate", "tqdm", "moto", "jsonschema")
+
+
+def _modules_after(code: str) -> set[str]:
+    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    env_code = (
+        "import os; os.environ.update(LEPTON_EVENT_AUTH='off', AWS_REGION='us-east-1'); "
+        + probe.replace("\n", "; ")
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", env_code], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    return {name.split(".")[0] for name in json.loads(done.stdout.splitlines()[-1])}
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import runpy; runpy.run_path('functions/infer/func.py')",
+        "import runpy; runpy.run_path('functions/train/func.py')",
+        "import lepton_runtime.entry, lepton_runtime.http.workers, lepton_runtime.training.job",
+        "import lepton_adapters.event_source, lepton_adapters.dead_letter_sink",
+    ],
+    ids=["infer", "train", "entry", "adapters"],
+)
+def test_what_ships_in_an_image_imports_nothing_of_the_dev_stack(code: str) -> None:
+    loaded = _modules_after(code)
+    assert not loaded & set(DEV_ONLY)
+
+
+def test_the_entry_point_parses_what_the_images_and_jobsink_run() -> None:
+    from lepton_runtime.entry import JOBSINK_EVENT_FILE, build_parser
+
+    assert build_parser().parse_args(["serve", "infer"]).role == "infer"
+    assert build_parser().parse_args(["train-job"]).event_file == JOBSINK_EVENT_FILE
+
+
+def test_a_function_folder_without_func_py_exits_2(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "lepton_runtime.entry", "serve", "infer", "--function-dir", "."],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "LEPTON_EVENT_AUTH": "off"},
+    )
+    assert done.returncode == 2
+    assert "func.py not found" in done.stderr
