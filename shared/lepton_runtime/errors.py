@@ -139,3 +139,10 @@ def is_retryable(error: BaseException) -> bool:
     """Transient by meaning, from the error's type alone (lepton_model's errors carry the same
     attribute): the caller should deliver again. Everything else is permanent."""
     return bool(getattr(type(error), "retryable", False))
+
+
+def raise_if_transient(error: BaseException) -> None:
+    """Raise `error` again when it is transient, so the request is answered 5xx/429 and
+    delivered again; return when it is permanent, for the caller to record as a failure."""
+    if is_retryable(error):
+        raise error

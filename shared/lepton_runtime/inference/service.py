@@ -31,7 +31,7 @@ from lepton_runtime.errors import (
     PayloadTooLargeError,
     StorageError,
     UnsupportedMediaTypeError,
-    is_retryable,
+    raise_if_transient,
 )
 from lepton_runtime.events.auth import EventAuthenticator
 from lepton_runtime.events.inbound import (
@@ -488,8 +488,7 @@ class InferenceService:
                 version_id=None if ref.etag else ref.version_id,
             )
         except StorageError as exc:
-            if is_retryable(exc):
-                raise
+            raise_if_transient(exc)
             self.metrics.object_event("failed")
             return ObjectOutcome(ref, None, None, error_body(exc)["error"])
         source = {

@@ -41,6 +41,7 @@ from lepton_runtime.errors import (
     StorageError,
     TrainingBusyError,
     is_retryable,
+    raise_if_transient,
 )
 from lepton_runtime.events.auth import EventAuthenticator
 from lepton_runtime.events.inbound import (
@@ -275,8 +276,7 @@ class TrainingService:
             except DatasetError as exc:
                 return self._failed(base, exc)
             except StorageError as exc:
-                if is_retryable(exc):
-                    raise
+                raise_if_transient(exc)
                 return self._failed(base, exc)
             return self._train_once(loaded, started, status)
 
@@ -674,8 +674,7 @@ class TrainingService:
         try:
             labels = self.store.metadata(name, live).get("labels")
         except (StorageError, LeptonModelError) as exc:
-            if is_retryable(exc):
-                raise
+            raise_if_transient(exc)
             return None
         return [str(label) for label in labels] if isinstance(labels, list) else None
 
@@ -696,8 +695,7 @@ class TrainingService:
                 (Path(tmp) / METADATA_FILE).write_text(json.dumps(raw))
                 classifier = load_classifier(Path(tmp), "tensorflow")
             except (StorageError, LeptonModelError) as exc:
-                if is_retryable(exc):
-                    raise
+                raise_if_transient(exc)
                 return None
             if set(classifier.metadata.labels) != set(trained.class_names):
                 return None
