@@ -10,4 +10,4 @@ DEFAULT_STATE_DIR = ".lepton"
 
 def state_dir() -> str:
     """Where the local stack keeps its state: LEPTON_STATE_DIR, else ./.lepton."""
-    return os.environ.get("LEPTON_STATE_DIR") or DEFAULT_STATE_DIR
+    return os.environ.get("LEPTON_STATE_DIR", DEFAULT_STATE_DIR)

@@ -131,6 +131,12 @@ class _Build:
         return code, cls.output.read(), time.monotonic() - cls.started
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The image tests last: their build then overlaps every other test."""
+    here = Path(__file__).parent
+    items.sort(key=lambda item: here in Path(item.path).parents)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     here = Path(__file__).parent
     if session.config.option.collectonly:
