@@ -45,6 +45,7 @@ from werkzeug.wrappers import Response
 from lepton_runtime.events.outbound import event_from_http
 from lepton_runtime.http.processes import bound_heap, settle_heap
 from lepton_runtime.http.responses import error_payload
+from lepton_runtime.logs import RequestLog
 from lepton_runtime.settings import Settings
 
 log = logging.getLogger("lepton.server")
@@ -58,7 +59,7 @@ _MAIN_PATHS = ("/", "/v2")
 _MAIN_PREFIXES = ("/v1/", "/v2/")
 _MAIN_METHODS = ("GET", "HEAD", "POST")
 _JSON = [(b"content-type", b"application/json")]
-access_log = logging.getLogger("lepton.access")
+access_log = logging.getLogger(RequestLog.LOGGER)
 
 
 class FunctionService(Protocol):
@@ -121,7 +122,9 @@ class _TooLarge(Exception):
 class FunctionApp:
     """The ASGI application serving one function."""
 
-    def __init__(self, func: Any, settings: Settings) -> None:
+    def __init__(
+        self, func: Any, settings: Settings, request_log: RequestLog | None = None
+    ) -> None:
         self.func = func
         self.settings = settings
         self.service: FunctionService | None = getattr(func, "service", None)
@@ -131,7 +134,9 @@ class FunctionApp:
         self.draining = threading.Event()
         self.budget = BodyBudget(settings.body_budget_bytes)
         self._pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="main")
-        self.log_requests = settings.access_log
+        # Written by the server itself (see RequestLog); on when LEPTON_ACCESS_LOG is and the
+        # log level lets info through.
+        self.request_log = request_log or (RequestLog() if settings.access_log else None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -179,17 +184,10 @@ class FunctionApp:
         """Answer one request through the function's `main`, and log it."""
         started = time.perf_counter()
         status = await self._answer_main(scope, receive, send)
-        if self.log_requests and access_log.isEnabledFor(logging.INFO):
+        if self.request_log is not None and access_log.isEnabledFor(logging.INFO):
             # The health and metrics routes above are not logged: probes would drown the rest.
-            access_log.info(
-                "request",
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": status,
-                    "ms": round((time.perf_counter() - started) * 1000, 2),
-                },
-            )
+            ms = round((time.perf_counter() - started) * 1000, 2)
+            self.request_log.write(scope["method"], scope["path"], status, ms)
 
     async def _answer_main(self, scope: Scope, receive: Receive, send: Send) -> int:
         """The status answered (499 when the client left before its body was read)."""
@@ -266,9 +264,10 @@ class FunctionApp:
         self._pool.shutdown(wait=True, cancel_futures=False)
 
 
-def build_app(func: Any, settings: Settings) -> FunctionApp:
-    """The ASGI app serving `func` (a func.py module or anything with `main` and `service`)."""
-    return FunctionApp(func, settings)
+def build_app(func: Any, settings: Settings, request_log: RequestLog | None = None) -> FunctionApp:
+    """The ASGI app serving `func` (a func.py module or anything with `main` and `service`);
+    request lines go to `request_log` (stdout by default)."""
+    return FunctionApp(func, settings, request_log)
 
 
 async def _read_body(receive: Receive, limit: int, declared: int | None) -> bytes | None:

@@ -3,6 +3,8 @@ a SIGTERM drain."""
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import signal
 import socket
@@ -21,6 +23,7 @@ from cloudevents.http import CloudEvent
 from asgi_client import ASGITestClient
 from lepton_runtime.events.outbound import binary_http
 from lepton_runtime.http.server import _OneWrite, build_app
+from lepton_runtime.logs import RequestLog
 from lepton_runtime.metrics import FunctionMetrics
 from lepton_runtime.settings import Settings
 
@@ -240,47 +243,62 @@ def test_real_server_answers_head_pipelined_and_100_continue_requests(
 # --- request log --------------------------------------------------------------------------------
 
 
-def _request_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    return [
-        {k: getattr(r, k) for k in ("method", "path", "status", "ms")}
-        for r in caplog.records
-        if r.name == "lepton.access"
-    ]
-
-
-def test_every_request_to_main_logs_one_line_with_status_and_latency(client, caplog) -> None:
+@pytest.fixture
+def request_lines(caplog: pytest.LogCaptureFixture) -> io.StringIO:
     caplog.set_level(logging.INFO, logger="lepton.access")
+    return io.StringIO()
+
+
+def _lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def _logged_client(main: Any, stream: io.StringIO, env: dict[str, str] | None = None):
+    func = SimpleNamespace(main=main, service=None)
+    return ASGITestClient(build_app(func, Settings.from_env(env or {}), RequestLog(stream)))
+
+
+def test_every_request_to_main_logs_one_json_line_with_status_and_latency(request_lines) -> None:
+    client = _logged_client(lambda context: {"ok": True}, request_lines)
 
     client.post("/", data=b"x")
     client.get("/v1/models/digits")
 
-    lines = _request_lines(caplog)
+    lines = _lines(request_lines)
     assert [(x["method"], x["path"], x["status"]) for x in lines] == [
         ("POST", "/", 200),
         ("GET", "/v1/models/digits", 200),
     ]
     assert all(isinstance(x["ms"], float) and x["ms"] >= 0 for x in lines)
+    assert {(x["logger"], x["level"], x["message"]) for x in lines} == {
+        ("lepton.access", "info", "request")
+    }
+    assert all(x["time"].endswith("Z") and len(x["time"]) == 24 for x in lines)
 
 
-def test_a_refused_body_is_logged_with_its_status(caplog) -> None:
-    caplog.set_level(logging.INFO, logger="lepton.access")
-    func = SimpleNamespace(main=lambda context: {}, service=None)
-    client = ASGITestClient(build_app(func, Settings.from_env({"LEPTON_MAX_BODY_BYTES": "10"})))
+def test_a_refused_body_is_logged_with_its_status(request_lines) -> None:
+    client = _logged_client(lambda context: {}, request_lines, {"LEPTON_MAX_BODY_BYTES": "10"})
 
     assert client.post("/", data=b"x" * 100).status_code == 413
-    assert [x["status"] for x in _request_lines(caplog)] == [413]
+    assert [x["status"] for x in _lines(request_lines)] == [413]
 
 
-def test_health_probes_are_not_logged(client, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="lepton.access")
+def test_health_probes_are_not_logged(request_lines) -> None:
+    client = _logged_client(lambda context: {}, request_lines)
     client.get("/health/readiness")
     client.get("/health/liveness")
-    assert _request_lines(caplog) == []
+    assert _lines(request_lines) == []
 
 
-def test_the_request_log_can_be_switched_off(fake, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="lepton.access")
-    func = SimpleNamespace(main=lambda context: {}, service=fake)
-    client = ASGITestClient(build_app(func, Settings.from_env({"LEPTON_ACCESS_LOG": "off"})))
-    client.post("/", data=b"x")
-    assert _request_lines(caplog) == []
+def test_the_request_log_follows_the_log_level(caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="lepton.access")
+    stream = io.StringIO()
+    _logged_client(lambda context: {}, stream).post("/", data=b"x")
+    assert stream.getvalue() == ""
+
+
+def test_the_request_log_can_be_switched_off(request_lines) -> None:
+    func = SimpleNamespace(main=lambda context: {}, service=None)
+    app = build_app(func, Settings.from_env({"LEPTON_ACCESS_LOG": "off"}))
+    ASGITestClient(app).post("/", data=b"x")
+    assert app.request_log is None
