@@ -573,7 +573,7 @@ def serve_ours(
     return [
         PYTHON,
         "-m",
-        "lepton_stack.cli",
+        "lepton_runtime.entry",  # `lepton-function`, what the image runs
         "serve",
         "infer",
         "--function-dir",

@@ -2,57 +2,54 @@
 
 Pure ML: no HTTP, CloudEvents, boto3 or Flask. TensorFlow is imported only by the functions
 that train or run Keras models, so the inference image can use LiteRT alone.
+
+The names below are imported on first use (PEP 562): a process that only classifies never
+loads the training, dataset and plotting modules (a fifth of the inference function's start).
 """
 
-from lepton_model.architecture import build_model
-from lepton_model.artifacts import ModelMetadata, export_artifact, read_metadata
-from lepton_model.classifier import Classifier, Prediction, load_classifier
-from lepton_model.datasets import Dataset, from_arrays, load_archive, load_directory, split
-from lepton_model.errors import (
-    ArtifactError,
-    DatasetError,
-    ImageError,
-    ImageTooLargeError,
-    LeptonModelError,
-    NotAnImageError,
-    RuntimeUnavailableError,
-    UnsupportedImageError,
-)
-from lepton_model.imaging import ImageLimits, decode_image
-from lepton_model.predictors import load_predictor
-from lepton_model.spec import ModelSpec, Preprocessing
-from lepton_model.training import TrainedModel, TrainingConfig, train
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ArtifactError",
-    "Classifier",
-    "Dataset",
-    "DatasetError",
-    "ImageError",
-    "ImageLimits",
-    "ImageTooLargeError",
-    "LeptonModelError",
-    "ModelMetadata",
-    "ModelSpec",
-    "NotAnImageError",
-    "Prediction",
-    "Preprocessing",
-    "RuntimeUnavailableError",
-    "TrainedModel",
-    "TrainingConfig",
-    "UnsupportedImageError",
-    "__version__",
-    "build_model",
-    "decode_image",
-    "export_artifact",
-    "from_arrays",
-    "load_archive",
-    "load_classifier",
-    "load_directory",
-    "load_predictor",
-    "read_metadata",
-    "split",
-    "train",
-]
+_WHERE = {
+    "build_model": "architecture",
+    "ModelMetadata": "artifacts",
+    "export_artifact": "artifacts",
+    "read_metadata": "artifacts",
+    "Classifier": "classifier",
+    "Prediction": "classifier",
+    "load_classifier": "classifier",
+    "Dataset": "datasets",
+    "from_arrays": "datasets",
+    "load_archive": "datasets",
+    "load_directory": "datasets",
+    "split": "datasets",
+    "ArtifactError": "errors",
+    "DatasetError": "errors",
+    "ImageError": "errors",
+    "ImageTooLargeError": "errors",
+    "LeptonModelError": "errors",
+    "NotAnImageError": "errors",
+    "RuntimeUnavailableError": "errors",
+    "UnsupportedImageError": "errors",
+    "ImageLimits": "imaging",
+    "decode_image": "imaging",
+    "load_predictor": "predictors",
+    "ModelSpec": "spec",
+    "Preprocessing": "spec",
+    "TrainedModel": "training",
+    "TrainingConfig": "training",
+    "train": "training",
+}
+
+__all__ = sorted([*_WHERE, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lepton_model' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"lepton_model.{module}"), name)

@@ -7,12 +7,13 @@ import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lepton_model.errors import ArtifactError
-from lepton_model.plots import best_epoch
 from lepton_model.spec import ModelSpec, Preprocessing
-from lepton_model.training import TrainedModel
+
+if TYPE_CHECKING:  # training and plots are for export: a process that only serves never loads them
+    from lepton_model.training import TrainedModel
 
 KERAS_FILE = "model.keras"
 TFLITE_FILE = "model.tflite"
@@ -133,7 +134,7 @@ def export_artifact(
             "confusion_matrix": [list(row) for row in evaluation.confusion_matrix],
             "final_loss": trained.history.get("loss", [None])[-1],
             "final_val_loss": trained.history.get("val_loss", [None])[-1],
-            "best_epoch": best_epoch(trained.history),
+            "best_epoch": _best_epoch(trained.history),
         },
         dataset={
             "digest": dataset_digest,
@@ -184,3 +185,9 @@ def read_metadata(directory: Path) -> ModelMetadata:
     if not isinstance(data, dict):
         raise ArtifactError(f"{path} must hold a JSON object")
     return ModelMetadata.from_dict(data)
+
+
+def _best_epoch(history: Any) -> Any:
+    from lepton_model.plots import best_epoch
+
+    return best_epoch(history)
