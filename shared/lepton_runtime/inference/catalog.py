@@ -31,6 +31,7 @@ log = logging.getLogger("lepton.models")
 RegistryFactory = Callable[[Settings], ModelRegistry]
 # How long "is <name> published?" answers are reused (upload routing asks it per event).
 _PUBLISHED_TTL_SECONDS = 10.0
+_PUBLISHED_CACHE_SIZE = 4096
 
 
 class ModelCatalog:
@@ -134,6 +135,8 @@ class ModelCatalog:
         if cached and now - cached[0] < _PUBLISHED_TTL_SECONDS:
             return cached[1]
         answer = self.store.pointer(name) is not None
+        if len(self._published) >= _PUBLISHED_CACHE_SIZE:  # names come from upload keys
+            self._published.clear()
         self._published[name] = (now, answer)
         return answer
 

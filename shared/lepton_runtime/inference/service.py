@@ -177,7 +177,7 @@ class InferenceService:
         mtype = wire.media_type(request.content_type)
         if not (mtype.startswith("image/") or mtype in _INLINE_TYPES):
             return False
-        name = request.args.get(MODEL_PARAMETER) if request.query_string else None
+        name = _model_parameter(request)
         return self.models.loaded(name or self.models.default_name)
 
     def handle(self, context: Any) -> Response:
@@ -206,7 +206,7 @@ class InferenceService:
                 self._failure(cloudevent_origin(cloud_event), cloud_event.get("subject")),
             )
         mtype = wire.media_type(request.content_type)
-        model = request.args.get(MODEL_PARAMETER) or None if request.query_string else None
+        model = _model_parameter(request)
         if mtype == "multipart/form-data":
             return Work("multipart", lambda: self._answer_images(self._multipart(request), model))
         body = self._body(request)
@@ -561,6 +561,11 @@ def _same_source(existing: Any, etag: str | None) -> bool:
         return False
     source = existing.get("source")
     return isinstance(source, dict) and source.get("etag") == etag
+
+
+def _model_parameter(request: Request) -> str | None:
+    """The model `POST /?model=<name>` names; None for the default (no query parses none)."""
+    return (request.args.get(MODEL_PARAMETER) or None) if request.query_string else None
 
 
 def _route_model(path: str) -> str | None:

@@ -121,3 +121,16 @@ def test_a_new_version_of_a_loaded_model_is_picked_up_on_refresh(publish, catalo
     catalog.registry("colours").refresh()
 
     assert catalog.require("colours").version == "c2"
+
+
+def test_the_published_answers_kept_stay_bounded_whatever_names_uploads_use(
+    publish, catalog_for, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lepton_runtime.inference import catalog as catalog_module
+
+    monkeypatch.setattr(catalog_module, "_PUBLISHED_CACHE_SIZE", 16)
+    publish("v1")
+    catalog = catalog_for()
+
+    assert not any(catalog.published(f"folder-{n}") for n in range(100))
+    assert len(catalog._published) <= 16
