@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import uuid
 import zipfile
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -95,3 +96,15 @@ def record() -> Callable[..., dict[str, Any]]:
         }
 
     return make
+
+
+@pytest.fixture
+def buckets(moto_endpoint: str) -> dict[str, str]:
+    """Uniquely named uploads, results and models buckets on the shared moto server (for the
+    tests that run real function processes against it)."""
+    suffix = uuid.uuid4().hex[:8]
+    names = {role: f"lepton-{role}-{suffix}" for role in ("uploads", "results", "models")}
+    client = boto3.client("s3")
+    for name in names.values():
+        client.create_bucket(Bucket=name)
+    return names

@@ -15,7 +15,6 @@ import io
 import json
 import tarfile
 import time
-import uuid
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -134,17 +133,6 @@ def s3_event(bucket: str, key: str) -> dict[str, Any]:
             }
         ]
     }
-
-
-@pytest.fixture
-def buckets(moto_endpoint: str) -> dict[str, str]:
-    """Uniquely named buckets on the shared moto server."""
-    suffix = uuid.uuid4().hex[:8]
-    names = {role: f"lepton-{role}-{suffix}" for role in ("uploads", "results", "models")}
-    client = boto3.client("s3")
-    for name in names.values():
-        client.create_bucket(Bucket=name)
-    return names
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import os
 import signal
 import threading
 import time
-import uuid
 import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -46,16 +45,6 @@ def _dataset(per_class: int, classes: int = 3) -> bytes:
         for name, data in digits.digit_files(indices=chosen):
             archive.writestr(name, data)
     return buffer.getvalue()
-
-
-@pytest.fixture
-def buckets(moto_endpoint: str) -> dict[str, str]:
-    suffix = uuid.uuid4().hex[:8]
-    names = {role: f"lepton-{role}-{suffix}" for role in ("uploads", "results", "models")}
-    client = boto3.client("s3")
-    for name in names.values():
-        client.create_bucket(Bucket=name)
-    return names
 
 
 @pytest.fixture
