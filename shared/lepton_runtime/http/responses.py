@@ -119,15 +119,32 @@ def v2_error_body(error: Exception) -> dict[str, Any]:
     return {"error": body["message"], "code": body["code"]}
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A response as plain values: what the data plane answers and the server writes as it
+    is. A werkzeug `Response` is made of it only where `main(context)` must return one."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = (("Content-Type", "application/json"),)
+
+
+def json_answer(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Answer:
+    """JSON as an `Answer` (compact, no app context)."""
+    extra = tuple(headers.items()) if headers else ()
+    return Answer(status, jsonio.dumps(payload), (("Content-Type", "application/json"), *extra))
+
+
+def to_response(answer: Answer) -> Response:
+    """The werkzeug `Response` of an `Answer` (what parliament's `main(context)` returns)."""
+    return Response(answer.body, status=answer.status, headers=list(answer.headers))
+
+
 def json_response(
     payload: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
     """A JSON response without Flask's jsonify overhead (no pretty-printing, no app context)."""
-    body = jsonio.dumps(payload)
-    response = Response(body, status=status, mimetype="application/json")
-    if headers:
-        response.headers.update(headers)
-    return response
+    return to_response(json_answer(payload, status, headers))
 
 
 def error_headers(error: Exception) -> dict[str, str] | None:
@@ -139,8 +156,16 @@ def error_headers(error: Exception) -> dict[str, str] | None:
     return None
 
 
+def error_answer(
+    error: Exception, body: Callable[[Exception], dict[str, Any]] = error_body
+) -> Answer:
+    """The answer to a request that met `error`: its status, headers and body in the route's
+    format (`body`)."""
+    return json_answer(body(error), status_for(error), error_headers(error))
+
+
 def error_response(error: Exception) -> Response:
-    return json_response(error_body(error), status_for(error), error_headers(error))
+    return to_response(error_answer(error))
 
 
 def event_response(event: CloudEvent, status: int = 200) -> Response:
@@ -156,7 +181,7 @@ class Work:
     body an error is answered with on its route (the protocol's error format)."""
 
     kind: str
-    answer: Callable[[], Response]
+    answer: Callable[[], Response | Answer]
     failed_event: Callable[[Exception], CloudEvent] | None = None
     error_body: Callable[[Exception], dict[str, Any]] = error_body
 
@@ -199,11 +224,21 @@ def respond(route: Callable[[], Work], metrics: RequestMetrics, logger: logging.
     its 4xx, or 200 with the `failed` reply when the request was an event. A function's
     `main(context)` never raises past this.
     """
+    result = run(route, metrics, logger)
+    return result if isinstance(result, Response) else to_response(result)
+
+
+def run(
+    route: Callable[[], Work], metrics: RequestMetrics, logger: logging.Logger
+) -> Response | Answer:
+    """`respond` without making a `Response` of what the work answers as an `Answer` (the
+    server writes an `Answer` as it is)."""
     started = time.perf_counter()
     work: Work | None = None
+    result: Response | Answer
     try:
         work = route()
-        response = work.answer()
+        result = work.answer()
     except Exception as exc:
         known = isinstance(exc, (LeptonError, LeptonModelError))
         if not known:
@@ -213,10 +248,10 @@ def respond(route: Callable[[], Work], metrics: RequestMetrics, logger: logging.
                 logger.warning(
                     "event failed permanently", extra={"code": error_code(exc), "error": str(exc)}
                 )
-            response = event_response(work.failed_event(exc))
+            result = event_response(work.failed_event(exc))
         else:
-            body = work.error_body(exc) if work is not None else error_body(exc)
-            response = json_response(body, status_for(exc), error_headers(exc))
+            result = error_answer(exc, work.error_body if work is not None else error_body)
     kind = work.kind if work is not None else "other"
-    metrics.request(kind, response.status_code, time.perf_counter() - started)
-    return response
+    status = result.status if isinstance(result, Answer) else result.status_code
+    metrics.request(kind, status, time.perf_counter() - started)
+    return result

@@ -44,7 +44,7 @@ from werkzeug.wrappers import Response
 
 from lepton_runtime.events.outbound import event_from_http
 from lepton_runtime.http.processes import bound_heap, settle_heap
-from lepton_runtime.http.responses import error_payload
+from lepton_runtime.http.responses import Answer, error_payload
 from lepton_runtime.logs import RequestLog
 from lepton_runtime.settings import Settings
 
@@ -62,6 +62,10 @@ _JSON = [(b"content-type", b"application/json")]
 access_log = logging.getLogger(RequestLog.LOGGER)
 
 
+# `service.direct(method, path, query_string, headers, body)`: see FunctionService.
+Direct = Callable[[str, str, bytes, dict[str, str], bytes], Answer | None]
+
+
 class FunctionService(Protocol):
     """What a func.py may expose as `service` for the server's lifecycle hooks.
 
@@ -70,8 +74,10 @@ class FunctionService(Protocol):
     `metrics` (rendered at /metrics), `inline(request)` (True when main answers
     the request from memory, without blocking I/O: it then runs on the event loop),
     `changed()` (shared state changed: re-read it; called in every worker when one of them
-    announces a change) and `announce` (set by the server: call it to make the other workers'
-    `changed()` run).
+    announces a change), `announce` (set by the server: call it to make the other workers'
+    `changed()` run) and `direct(method, path, query_string, headers, body)` (the answer to a
+    request it serves from memory without `main(context)`, as an `Answer`, or None to hand
+    the request to `main`; called on the event loop with lower-case header names).
     """
 
     def start(self) -> None: ...
@@ -130,6 +136,7 @@ class FunctionApp:
         self.service: FunctionService | None = getattr(func, "service", None)
         self.metrics = getattr(self.service, "metrics", None)
         self.inline: Callable[[Request], bool] | None = getattr(self.service, "inline", None)
+        self.direct: Direct | None = getattr(self.service, "direct", None)
         self.flask = parliament.server.create(func)  # to normalise what main() returns
         self.draining = threading.Event()
         self.budget = BodyBudget(settings.body_budget_bytes)
@@ -213,6 +220,13 @@ class FunctionApp:
                 return 413
             if body is None:
                 return 499  # the client went away
+            if self.direct is not None and not _may_hold_cloudevent(headers):
+                answer = self.direct(
+                    scope["method"], scope["path"], scope["query_string"], headers, body
+                )
+                if answer is not None:
+                    await _send_answer(send, answer)
+                    return answer.status
             request = self._request(scope, headers, body)
             context = Context(request)
             if _may_hold_cloudevent(headers):
@@ -369,6 +383,13 @@ async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes,
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def _send_answer(send: Send, answer: Answer) -> None:
+    headers = [
+        (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in answer.headers
+    ]
+    await _send(send, answer.status, answer.body, headers)
 
 
 async def _send_response(send: Send, response: Response) -> None:

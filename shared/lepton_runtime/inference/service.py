@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
+from urllib.parse import parse_qs
 
 import numpy as np
 from flask import Request, Response
@@ -50,14 +52,17 @@ from lepton_runtime.events.outbound import (
 )
 from lepton_runtime.http import wire
 from lepton_runtime.http.responses import (
+    Answer,
     Work,
     body_origin,
     cloudevent_origin,
     error_body,
     event_response,
     failure_reply,
+    json_answer,
     json_response,
     respond,
+    run,
     v2_error_body,
 )
 from lepton_runtime.inference.catalog import ModelCatalog
@@ -177,7 +182,7 @@ class InferenceService:
         mtype = wire.media_type(request.content_type)
         if not (mtype.startswith("image/") or mtype in _INLINE_TYPES):
             return False
-        name = _model_parameter(request)
+        name = model_parameter(request.query_string)
         return self.models.loaded(name or self.models.default_name)
 
     def handle(self, context: Any) -> Response:
@@ -185,6 +190,48 @@ class InferenceService:
         request: Request = context.request
         return respond(
             lambda: self._route(request, getattr(context, "cloud_event", None)), self.metrics, log
+        )
+
+    def direct(
+        self, method: str, path: str, query: bytes, headers: Mapping[str, str], body: bytes
+    ) -> Answer | None:
+        """The hot routes answered from plain values, without a Flask request: a V1 predict, a
+        V2 infer and an image POSTed to `/`, for a model loaded here. The same data plane,
+        errors, metrics and answers as through `handle`; what a Request and Response cost per
+        request is spared. `headers` are lower-case names. None for any other request: the
+        server hands it to `main(context)`."""
+        work = self._direct_route(method, path, query, headers, body)
+        return None if work is None else run(lambda: work, self.metrics, log)
+
+    def _direct_route(
+        self, method: str, path: str, query: bytes, headers: Mapping[str, str], body: bytes
+    ) -> Work | None:
+        if method != "POST" or "ce-specversion" in headers:
+            return None
+        if path == "/":
+            mtype = wire.media_type(headers.get("content-type"))
+            model = model_parameter(query)
+            if not (mtype.startswith("image/") or mtype == "application/octet-stream"):
+                return None
+            if not self.models.loaded(model or self.models.default_name):
+                return None
+            return Work("image", lambda: self._answer_images([("body", body)], model))
+        name = _route_model(path)
+        if name is None or not self.models.loaded(name):
+            return None
+        if path.startswith(_V1_PREFIX):
+            if _v1_verb(path) != "predict":
+                return None
+            return Work("tfserving", lambda: self._tfserving(self._json(body), name))
+        route = _v2_route(path)
+        if route is None or route[2] != ["infer"]:
+            return None
+        version = route[1]
+        length = headers.get(wire.V2_JSON_LENGTH_HEADER.lower())
+        return Work(
+            "v2",
+            lambda: self._v2_infer(name, version, length, body),
+            error_body=v2_error_body,
         )
 
     # --- routes -------------------------------------------------------------------------------
@@ -206,7 +253,7 @@ class InferenceService:
                 self._failure(cloudevent_origin(cloud_event), cloud_event.get("subject")),
             )
         mtype = wire.media_type(request.content_type)
-        model = _model_parameter(request)
+        model = model_parameter(request.query_string)
         if mtype == "multipart/form-data":
             return Work("multipart", lambda: self._answer_images(self._multipart(request), model))
         body = self._body(request)
@@ -242,7 +289,7 @@ class InferenceService:
     def _failure(self, origin: str, subject: str | None = None) -> Any:
         return failure_reply(INFERENCE_FAILED, self.event_source, origin, subject)
 
-    def _v1(self, request: Request) -> Response:
+    def _v1(self, request: Request) -> Response | Answer:
         """TF-Serving / KServe V1: GET /v1/models, GET /v1/models/<name>,
         POST /v1/models/<name>:predict."""
         rest = request.path[len(_V1_PREFIX) :]
@@ -254,26 +301,24 @@ class InferenceService:
         if request.method == "GET" and not verb:
             return self._model_status(self.models.registry(name))
         if request.method == "POST" and verb == "predict":
-            return self._tfserving(self._json(self._body(request)), name)
+            return self._tfserving(self._json(self._body(request)), name)  # as `direct` does
         raise NotFoundError(f"no route {request.method} {request.path}")
 
-    def _v2(self, request: Request) -> Response:
+    def _v2(self, request: Request) -> Response | Answer:
         """The Open Inference Protocol's model routes (health is answered by the server):
         GET /v2, GET /v2/models/<name>[/versions/<v>][/ready], POST .../infer."""
-        parts = request.path.strip("/").split("/")[1:]
         method = request.method
-        if not parts and method == "GET":
+        if request.path.strip("/") == "v2" and method == "GET":
             return json_response(
                 {"name": "lepton-infer", "version": _VERSION, "extensions": ["binary_tensor_data"]}
             )
-        if len(parts) < 2 or parts[0] != "models":
+        route = _v2_route(request.path)
+        if route is None:
             raise NotFoundError(f"no route {method} {request.path}")
-        name, rest = parts[1], parts[2:]
-        version = None
-        if rest[:1] == ["versions"] and len(rest) >= 2:
-            version, rest = rest[1], rest[2:]
+        name, version, rest = route
         if rest == ["infer"] and method == "POST":
-            return self._v2_infer(request, name, version)
+            length = request.headers.get(wire.V2_JSON_LENGTH_HEADER)
+            return self._v2_infer(name, version, length, self._body(request))
         if rest == ["ready"] and method == "GET":
             classifier = self.models.registry(name).current
             ready = classifier is not None and version in (None, classifier.version)
@@ -301,12 +346,11 @@ class InferenceService:
             )
         return classifier
 
-    def _v2_infer(self, request: Request, name: str, version: str | None) -> Response:
+    def _v2_infer(
+        self, name: str, version: str | None, json_length_header: str | None, body: bytes
+    ) -> Answer:
         classifier = self._require(name, version)
-        body = self._body(request)
-        json_length = wire.v2_json_length(
-            request.headers.get(wire.V2_JSON_LENGTH_HEADER), len(body)
-        )
+        json_length = wire.v2_json_length(json_length_header, len(body))
         header, binary = (
             (body, b"")
             if json_length is None
@@ -322,7 +366,7 @@ class InferenceService:
         answer, headers = wire.v2_infer_answer(
             classifier.name, classifier.version, parsed, probabilities
         )
-        return Response(answer, status=200, headers=headers)
+        return Answer(200, answer, tuple(headers.items()))
 
     def _describe(self) -> Response:
         """GET /: what this function is and serves; `status` answers KServe V1's liveness."""
@@ -412,10 +456,10 @@ class InferenceService:
         self.metrics.batch(len(arrays))
         return arrays[0][np.newaxis] if len(arrays) == 1 else np.stack(arrays)
 
-    def _answer_images(self, images: list[tuple[str, bytes]], model: str | None) -> Response:
+    def _answer_images(self, images: list[tuple[str, bytes]], model: str | None) -> Answer:
         classifier = self.models.require(model)
         predictions = self._classify(classifier, images)
-        return json_response(wire.image_answer(classifier.name, classifier.version, predictions))
+        return json_answer(wire.image_answer(classifier.name, classifier.version, predictions))
 
     def _batch(
         self, classifier: Classifier, inputs: wire.ImagesInput | wire.TensorInput
@@ -426,13 +470,13 @@ class InferenceService:
             return inputs.array
         return self._decode_all(classifier, list(inputs.images))
 
-    def _tfserving(self, payload: Any, model: str | None) -> Response:
+    def _tfserving(self, payload: Any, model: str | None) -> Answer:
         classifier = self.models.require(model)
         parsed = wire.parse_tfserving(
             payload, classifier.input_shape, self.settings.max_batch_images
         )
         probabilities = classifier.probabilities(self._batch(classifier, parsed))
-        return json_response(wire.tfserving_answer(probabilities))
+        return json_answer(wire.tfserving_answer(probabilities))
 
     # --- events -------------------------------------------------------------------------------
 
@@ -563,9 +607,30 @@ def _same_source(existing: Any, etag: str | None) -> bool:
     return isinstance(source, dict) and source.get("etag") == etag
 
 
-def _model_parameter(request: Request) -> str | None:
-    """The model `POST /?model=<name>` names; None for the default (no query parses none)."""
-    return (request.args.get(MODEL_PARAMETER) or None) if request.query_string else None
+def model_parameter(query: bytes) -> str | None:
+    """The model `POST /?model=<name>` names in a raw query string; None for the default."""
+    if not query:
+        return None
+    values = parse_qs(query.decode("latin-1"), encoding="utf-8").get(MODEL_PARAMETER)
+    return (values[0] or None) if values else None
+
+
+def _v1_verb(path: str) -> str:
+    """`predict` of `/v1/models/<name>:predict`."""
+    return path[len(_V1_PREFIX) + 1 :].partition(":")[2]
+
+
+def _v2_route(path: str) -> tuple[str, str | None, list[str]] | None:
+    """A V2 model route's model name, version (or None) and the rest of its path
+    (`/v2/models/<name>[/versions/<v>]/<rest>`); None when the path is not one."""
+    parts = path.strip("/").split("/")[1:]
+    if len(parts) < 2 or parts[0] != "models":
+        return None
+    name, rest = parts[1], parts[2:]
+    version = None
+    if rest[:1] == ["versions"] and len(rest) >= 2:
+        version, rest = rest[1], rest[2:]
+    return name, version, rest
 
 
 def _route_model(path: str) -> str | None:
