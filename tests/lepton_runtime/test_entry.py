@@ -14,12 +14,19 @@ ROOT = Path(__file__).resolve().parents[2]
 DEV_ONLY = ("lepton_stack", "yaml", "jsonpatch", "isodate", "tqdm", "moto", "jsonschema")
 
 
-def _modules_after(code: str) -> set[str]:
+# What a request handed to main(context) (or an authenticated event) needs: never on the way
+# to the inference function's first prediction, imported in the background once it serves.
+LATER = ("flask", "werkzeug", "parliament", "jinja2", "jwt")
+_INFER = (
+    "import lepton_runtime.entry, lepton_runtime.http.workers; "
+    "import runpy; runpy.run_path('functions/infer/func.py')"
+)
+
+
+def _modules_after(code: str, **env: str) -> set[str]:
     probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
-    env_code = (
-        "import os; os.environ.update(LEPTON_EVENT_AUTH='off', AWS_REGION='us-east-1'); "
-        + probe.replace("\n", "; ")
-    )
+    settings = {"LEPTON_EVENT_AUTH": "off", "AWS_REGION": "us-east-1", **env}
+    env_code = f"import os; os.environ.update({settings!r}); " + probe.replace("\n", "; ")
     done = subprocess.run(
         [sys.executable, "-c", env_code], capture_output=True, text=True, timeout=120, cwd=ROOT
     )
@@ -40,6 +47,28 @@ def _modules_after(code: str) -> set[str]:
 def test_what_ships_in_an_image_imports_nothing_of_the_dev_stack(code: str) -> None:
     loaded = _modules_after(code)
     assert not loaded & set(DEV_ONLY)
+
+
+def test_the_inference_function_starts_without_flask_werkzeug_parliament_or_pyjwt() -> None:
+    assert not _modules_after(_INFER) & set(LATER)
+
+
+def test_with_event_authentication_on_pyjwt_waits_for_the_first_event() -> None:
+    loaded = _modules_after(
+        _INFER,
+        LEPTON_EVENT_AUTH="oidc",
+        LEPTON_OIDC_ISSUER="https://issuer.example",
+        LEPTON_OIDC_AUDIENCE="lepton-infer",
+        LEPTON_OIDC_JWKS="https://issuer.example/keys",
+    )
+    assert "jwt" not in loaded
+
+
+def test_the_warm_up_imports_what_main_needs_in_the_background() -> None:
+    loaded = _modules_after(
+        "from lepton_runtime.http.server import warm_up; warm_up(delay=0).join(60)"
+    )
+    assert {"flask", "werkzeug", "parliament"} <= loaded
 
 
 def test_the_entry_point_parses_what_the_images_and_jobsink_run() -> None:

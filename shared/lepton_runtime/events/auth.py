@@ -15,6 +15,7 @@ start-up, since anyone who reaches the function can then make it read the bucket
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import ssl
@@ -22,12 +23,15 @@ import threading
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
-
-import jwt
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lepton_runtime.errors import AuthUnavailableError, ConfigurationError, UnauthorizedError
 from lepton_runtime.settings import Settings
+
+if TYPE_CHECKING:
+    # PyJWT is imported where a token or key set is read (~60 ms): a function with event
+    # authentication off, or not yet sent an event, answers its first request without it.
+    import jwt
 
 log = logging.getLogger("lepton.auth")
 
@@ -85,6 +89,8 @@ class EventAuthenticator:
                 "events must carry `Authorization: Bearer <token>` (Knative OIDC); none was sent"
             )
         token = token.strip()
+        import jwt
+
         try:
             key = self.keys.key_for(token)
             return jwt.decode(
@@ -128,6 +134,8 @@ class FileKeys:
         self._load()  # a missing or invalid file is a configuration error, found at start-up
 
     def _load(self) -> jwt.PyJWKSet:
+        import jwt
+
         try:
             stat = self.path.stat()
             stamp = (stat.st_mtime_ns, stat.st_size)
@@ -139,6 +147,8 @@ class FileKeys:
         return self._keys
 
     def key_for(self, token: str) -> Any:
+        import jwt
+
         with self._lock:
             keys = self._load()
         kid = jwt.get_unverified_header(token).get("kid")
@@ -150,24 +160,42 @@ class FileKeys:
             raise jwt.PyJWKError(f"no key {kid!r} in the issuer's key set") from None
 
 
-class _Client(jwt.PyJWKClient):
-    """PyJWKClient whose fetch carries the current bearer (service-account tokens rotate)."""
+@functools.cache
+def _client_class() -> type[jwt.PyJWKClient]:
+    """PyJWKClient whose fetch carries the current bearer (service-account tokens rotate);
+    made on first use, as PyJWT is imported then."""
+    import jwt
 
-    def __init__(self, uri: str, context: ssl.SSLContext, bearer: Path | None) -> None:
-        super().__init__(uri, headers={}, timeout=_FETCH_TIMEOUT, ssl_context=context)
-        self.bearer = bearer
+    class Client(jwt.PyJWKClient):
+        def __init__(self, uri: str, context: ssl.SSLContext, bearer: Path | None) -> None:
+            super().__init__(uri, headers={}, timeout=_FETCH_TIMEOUT, ssl_context=context)
+            self.bearer = bearer
 
-    def fetch_data(self) -> Any:
-        if self.bearer is not None:
-            self.headers["Authorization"] = f"Bearer {_read_bearer(self.bearer)}"
-        return super().fetch_data()
+        def fetch_data(self) -> Any:
+            if self.bearer is not None:
+                self.headers["Authorization"] = f"Bearer {_read_bearer(self.bearer)}"
+            return super().fetch_data()
+
+    return Client
 
 
 class UrlKeys:
-    """A JWKS URL, fetched with PyJWKClient (cached, refetched for an unknown key id)."""
+    """A JWKS URL, fetched with PyJWKClient (cached, refetched for an unknown key id) from the
+    first token on."""
 
     def __init__(self, url: str, context: ssl.SSLContext, bearer: Path | None) -> None:
-        self.client = _Client(url, context, bearer)
+        self.url = url
+        self.context = context
+        self.bearer = bearer
+        self._lock = threading.Lock()
+        self._client: jwt.PyJWKClient | None = None
+
+    @property
+    def client(self) -> jwt.PyJWKClient:
+        with self._lock:
+            if self._client is None:
+                self._client = _client_class()(self.url, self.context, self.bearer)
+            return self._client
 
     def key_for(self, token: str) -> Any:
         return self.client.get_signing_key_from_jwt(token)
@@ -200,6 +228,8 @@ class DiscoveredKeys:
                 document = json.loads(response.read(1024 * 1024))
             return str(document["jwks_uri"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
+            import jwt
+
             raise jwt.PyJWKClientConnectionError(
                 f"OIDC discovery at {self.issuer}{_DISCOVERY_PATH} failed: {exc}"
             ) from exc
@@ -209,6 +239,8 @@ def _read_bearer(path: Path) -> str:
     try:
         return path.read_text().strip()
     except OSError as exc:
+        import jwt
+
         raise jwt.PyJWKClientConnectionError(f"cannot read {path}: {exc}") from exc
 
 

@@ -15,10 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
-
-from cloudevents.abstract import CloudEvent
-from flask import Response
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lepton_model.errors import (
     ArtifactError,
@@ -50,6 +47,10 @@ from lepton_runtime.errors import (
     is_retryable,
 )
 from lepton_runtime.events.outbound import binary_http, reply_event
+
+if TYPE_CHECKING:
+    from cloudevents.abstract import CloudEvent
+    from werkzeug.wrappers import Response
 
 # Knative's delivery retries these statuses (and every 5xx); a permanent error must avoid them.
 KNATIVE_RETRIED_STATUSES = frozenset({404, 408, 409, 429})
@@ -136,7 +137,10 @@ def json_answer(payload: Any, status: int = 200, headers: dict[str, str] | None 
 
 
 def to_response(answer: Answer) -> Response:
-    """The werkzeug `Response` of an `Answer` (what parliament's `main(context)` returns)."""
+    """The werkzeug `Response` of an `Answer` (what parliament's `main(context)` returns).
+    werkzeug is imported here, on first use: a process answering only `Answer`s never needs it."""
+    from werkzeug.wrappers import Response
+
     return Response(answer.body, status=answer.status, headers=list(answer.headers))
 
 
@@ -171,7 +175,7 @@ def error_response(error: Exception) -> Response:
 def event_response(event: CloudEvent, status: int = 200) -> Response:
     """A reply event in binary content mode (attributes as ce-* headers, data as the body)."""
     headers, body = binary_http(event)
-    return Response(body, status=status, headers=headers)
+    return to_response(Answer(status, body, tuple(headers.items())))
 
 
 @dataclass(frozen=True)
@@ -225,7 +229,7 @@ def respond(route: Callable[[], Work], metrics: RequestMetrics, logger: logging.
     `main(context)` never raises past this.
     """
     result = run(route, metrics, logger)
-    return result if isinstance(result, Response) else to_response(result)
+    return to_response(result) if isinstance(result, Answer) else result
 
 
 def run(

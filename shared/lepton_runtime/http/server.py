@@ -11,15 +11,19 @@ SIGTERM drain.
 
 The front does per request only what a request needs: a route check, the body read within its
 limits, a `Request` and a `Context`, and `main`. Flask's app (parliament's `create`) is kept to
-turn return values that are not a `Response` into one. `main` runs on the event loop when the
-function says the request is answered from memory (`service.inline(request)`: an image to
-classify), else on a thread pool, so a request doing I/O (an event reading S3, a training)
-never stalls the others.
+turn return values that are not a `Response` into one. A service may answer the requests it
+serves from memory itself (`direct`), without a Request, a Context or `main`; Flask, werkzeug
+and parliament are then imported only when a request needs them (or in the background once the
+server is up), so a process answers its first prediction without having imported them. `main`
+runs on the event loop when the function says the request is answered from memory
+(`service.inline(request)`: an image to classify), else on a thread pool, so a request doing
+I/O (an event reading S3, a training) never stalls the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import io
 import logging
 import os
@@ -31,22 +35,23 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
 import orjson
-import parliament.server
 import uvicorn
-from flask import Request
-from parliament.invocation import Context
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from werkzeug.wrappers import Response
 
 from lepton_runtime.events.outbound import event_from_http
 from lepton_runtime.http.processes import bound_heap, settle_heap
 from lepton_runtime.http.responses import Answer, error_payload
 from lepton_runtime.logs import RequestLog
 from lepton_runtime.settings import Settings
+
+if TYPE_CHECKING:
+    from flask import Flask, Request
+    from parliament.invocation import Context
+    from werkzeug.wrappers import Response
 
 log = logging.getLogger("lepton.server")
 
@@ -137,7 +142,7 @@ class FunctionApp:
         self.metrics = getattr(self.service, "metrics", None)
         self.inline: Callable[[Request], bool] | None = getattr(self.service, "inline", None)
         self.direct: Direct | None = getattr(self.service, "direct", None)
-        self.flask = parliament.server.create(func)  # to normalise what main() returns
+        self._flask: Flask | None = None
         self.draining = threading.Event()
         self.budget = BodyBudget(settings.body_budget_bytes)
         self._pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="main")
@@ -227,6 +232,8 @@ class FunctionApp:
                 if answer is not None:
                     await _send_answer(send, answer)
                     return answer.status
+            from parliament.invocation import Context
+
             request = self._request(scope, headers, body)
             context = Context(request)
             if _may_hold_cloudevent(headers):
@@ -257,6 +264,8 @@ class FunctionApp:
         await _send(send, 413, error_json(413, "payload_too_large", message), headers)
 
     def _request(self, scope: Scope, headers: dict[str, str], body: bytes) -> Request:
+        from flask import Request
+
         request = Request(_environ(scope, headers, body))
         # The body is read whole already: werkzeug's own cache of it (what get_data() fills and
         # its form parser reads from) spares every reader the stream wrappers.
@@ -268,11 +277,16 @@ class FunctionApp:
         return request
 
     def _invoke(self, context: Context) -> Response:
+        import parliament.server
+        from werkzeug.wrappers import Response
+
         result = parliament.server.invoke(self.func, context)
         if isinstance(result, Response):
             return result
-        with self.flask.app_context():
-            return self.flask.make_response(result)
+        if self._flask is None:
+            self._flask = parliament.server.create(self.func)  # to normalise what main returns
+        with self._flask.app_context():
+            return self._flask.make_response(result)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=False)
@@ -498,8 +512,33 @@ class _Protocol(HttpToolsProtocol):
 
 
 def load_function(function_dir: Path) -> Any:
-    """Import a function directory's func.py the way parliament does."""
-    return parliament.server.load(str(function_dir))
+    """Import a function directory's func.py the way parliament's `load` does (its folder on
+    sys.path, imported as `func`). Not parliament.server.load itself: importing that module
+    imports Flask, which a process answering only the direct routes never needs."""
+    sys.path.append(os.path.realpath(function_dir))
+    return importlib.import_module("func")
+
+
+# What a request handed to main(context) needs, imported once the server is up (see warm_up).
+_LAZY_MODULES = ("flask", "werkzeug.wrappers", "parliament.server", "parliament.invocation")
+
+
+def warm_up(modules: tuple[str, ...] = _LAZY_MODULES, delay: float = 0.5) -> threading.Thread:
+    """Import `modules` in a background thread after `delay` seconds: the first request that
+    needs them (an event, a form) then finds them loaded, and the start did not wait for them."""
+
+    def load() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # a missing optional module shows where it is used, not here
+                log.debug("warm-up import failed", extra={"module": name}, exc_info=True)
+
+    thread = threading.Timer(delay, load)
+    thread.daemon = True
+    thread.name = "warm-up"
+    thread.start()
+    return thread
 
 
 def listening_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
@@ -569,6 +608,7 @@ def serve_process(
             "pid": os.getpid(),
         },
     )
+    warm_up((*_LAZY_MODULES, *getattr(service, "warm_modules", ())))
     try:
         server.run(sockets=[sock])
     finally:

@@ -16,12 +16,10 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import numpy as np
-from flask import Request, Response
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from lepton_model.classifier import Classifier
 from lepton_model.errors import ImageError
@@ -35,7 +33,6 @@ from lepton_runtime.errors import (
     UnsupportedMediaTypeError,
     raise_if_transient,
 )
-from lepton_runtime.events.auth import EventAuthenticator
 from lepton_runtime.events.inbound import (
     InboundEvent,
     ObjectRef,
@@ -71,6 +68,13 @@ from lepton_runtime.metrics import FunctionMetrics
 from lepton_runtime.models.store import ModelStore
 from lepton_runtime.settings import Settings
 from lepton_runtime.storage import Storage
+
+if TYPE_CHECKING:
+    # Imported where used: a process answering only the direct routes never needs werkzeug,
+    # nor PyJWT unless events are authenticated.
+    from werkzeug.wrappers import Request, Response
+
+    from lepton_runtime.events.auth import EventAuthenticator
 
 log = logging.getLogger("lepton.infer")
 
@@ -130,10 +134,14 @@ class InferenceService:
             settings, ModelStore(storage, settings.models), self.metrics
         )
         self.limits = settings.image_limits
+        # Imported in the background once the server is up (lepton_runtime.http.server.warm_up)
+        self.warm_modules = ("jwt",) if auth is not None else ()
         self.event_source = settings.event_source or f"/lepton/{settings.service or 'infer'}"
 
     @classmethod
     def from_env(cls) -> InferenceService:
+        from lepton_runtime.events.auth import EventAuthenticator
+
         settings = Settings.from_env()
         auth = EventAuthenticator.from_settings(settings)
         return cls(settings, Storage.from_settings(settings), auth=auth)
@@ -413,6 +421,8 @@ class InferenceService:
         return request.get_data(cache=True)  # the server bounded it already
 
     def _multipart(self, request: Request) -> list[tuple[str, bytes]]:
+        from werkzeug.exceptions import RequestEntityTooLarge
+
         limit = self.settings.max_form_parts
         boundary = request.mimetype_params.get("boundary", "").encode("latin-1")
         # Every part starts with its boundary line: counted in the raw body (C speed), the
@@ -480,12 +490,12 @@ class InferenceService:
 
     # --- events -------------------------------------------------------------------------------
 
-    def _event(self, event: InboundEvent) -> Response:
+    def _event(self, event: InboundEvent) -> Response | Answer:
         if event.event_type == MODEL_PUBLISHED:
             return self._model_published(event)
         if not event.refs:
             self.metrics.object_event("ignored", max(1, len(event.ignored)))
-            return Response(status=202)  # acknowledged; no reply event
+            return _ACCEPTED  # acknowledged; no reply event
         for ref in event.refs:  # a crafted event is refused whole, before any read
             authorize(ref, self.settings, self.role)
         classifiers = [self.models.require(self.model_for(ref.key)) for ref in event.refs]
@@ -499,7 +509,7 @@ class InferenceService:
         head, sep, _ = key[len(prefix) :].partition("/") if key.startswith(prefix) else ("", "", "")
         return head if sep and head and self.models.published(head) else None
 
-    def _model_published(self, event: InboundEvent) -> Response:
+    def _model_published(self, event: InboundEvent) -> Answer:
         data = event.data if isinstance(event.data, dict) else {}
         name = data.get("name")
         if isinstance(name, str) and data.get("promoted", True):
@@ -508,7 +518,7 @@ class InferenceService:
             # Only a model loaded here has anything to refresh; another loads on first use.
             self.models.request_refresh(name)
             self.announce()
-        return Response(status=202)
+        return _ACCEPTED
 
     def _process(self, classifier: Classifier, ref: ObjectRef) -> ObjectOutcome:
         """Classify one object and write its result, once: a redelivery gets the first result.
@@ -598,6 +608,9 @@ class InferenceService:
         ).hexdigest()[:32]
         reply = reply_event(event_type, self.event_source, data, subject, event_id=reply_id)
         return event_response(reply)
+
+
+_ACCEPTED = Answer(202, b"", (("Content-Type", "text/plain; charset=utf-8"),))
 
 
 def _same_source(existing: Any, etag: str | None) -> bool:
