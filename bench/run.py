@@ -565,9 +565,12 @@ def serve_ours(
             "LEPTON_MODEL_CACHE_DIR": str(cache),
             "LEPTON_LOG_LEVEL": "INFO" if request_log else "WARNING",
             "LEPTON_ACCESS_LOG": "on" if request_log else "off",
-            # Only images are sent here (open routes); events are measured on the local stack,
-            # whose router signs them.
-            "LEPTON_EVENT_AUTH": "off",
+            # As deployed (knative/base/config.yaml): events authenticated, the issuer's keys
+            # found by OIDC discovery at the first event. Only images are sent here (open
+            # routes), so nothing is fetched; events are measured on the local stack.
+            "LEPTON_EVENT_AUTH": "oidc",
+            "LEPTON_OIDC_ISSUER": "https://kubernetes.default.svc.cluster.local",
+            "LEPTON_OIDC_AUDIENCE": "lepton-infer",
         }
     )
     return [

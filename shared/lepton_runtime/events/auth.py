@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import ssl
 import threading
 import urllib.request
@@ -111,16 +112,25 @@ class EventAuthenticator:
 def key_source(settings: Settings) -> KeySource:
     """A JWKS file, a JWKS URL, or discovery from the issuer, as configured."""
     where = settings.oidc_jwks
-    try:
-        context = ssl.create_default_context(cafile=settings.oidc_ca_file or None)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigurationError(f"LEPTON_OIDC_CA_FILE={settings.oidc_ca_file}: {exc}") from exc
+    ca_file = settings.oidc_ca_file or None
+    if ca_file is not None and not os.access(ca_file, os.R_OK):
+        raise ConfigurationError(f"LEPTON_OIDC_CA_FILE={ca_file}: not a readable file")
     bearer = Path(settings.oidc_jwks_bearer_file) if settings.oidc_jwks_bearer_file else None
     if where.startswith(("http://", "https://")):
-        return UrlKeys(where, context, bearer)
+        return UrlKeys(where, ca_file, bearer)
     if where:
         return FileKeys(Path(where))
-    return DiscoveredKeys(settings.oidc_issuer, context, bearer)
+    return DiscoveredKeys(settings.oidc_issuer, ca_file, bearer)
+
+
+@functools.cache
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """The TLS context the issuer's keys are fetched with, made at the first fetch (loading a
+    CA bundle takes ~65 ms, not to be spent before a function's first answer)."""
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(f"LEPTON_OIDC_CA_FILE={ca_file}: {exc}") from exc
 
 
 class FileKeys:
@@ -167,8 +177,10 @@ def _client_class() -> type[jwt.PyJWKClient]:
     import jwt
 
     class Client(jwt.PyJWKClient):
-        def __init__(self, uri: str, context: ssl.SSLContext, bearer: Path | None) -> None:
-            super().__init__(uri, headers={}, timeout=_FETCH_TIMEOUT, ssl_context=context)
+        def __init__(self, uri: str, ca_file: str | None, bearer: Path | None) -> None:
+            super().__init__(
+                uri, headers={}, timeout=_FETCH_TIMEOUT, ssl_context=tls_context(ca_file)
+            )
             self.bearer = bearer
 
         def fetch_data(self) -> Any:
@@ -183,9 +195,9 @@ class UrlKeys:
     """A JWKS URL, fetched with PyJWKClient (cached, refetched for an unknown key id) from the
     first token on."""
 
-    def __init__(self, url: str, context: ssl.SSLContext, bearer: Path | None) -> None:
+    def __init__(self, url: str, ca_file: str | None, bearer: Path | None) -> None:
         self.url = url
-        self.context = context
+        self.ca_file = ca_file
         self.bearer = bearer
         self._lock = threading.Lock()
         self._client: jwt.PyJWKClient | None = None
@@ -194,7 +206,7 @@ class UrlKeys:
     def client(self) -> jwt.PyJWKClient:
         with self._lock:
             if self._client is None:
-                self._client = _client_class()(self.url, self.context, self.bearer)
+                self._client = _client_class()(self.url, self.ca_file, self.bearer)
             return self._client
 
     def key_for(self, token: str) -> Any:
@@ -204,9 +216,9 @@ class UrlKeys:
 class DiscoveredKeys:
     """The issuer's OIDC discovery document names its JWKS URL; looked up at first use."""
 
-    def __init__(self, issuer: str, context: ssl.SSLContext, bearer: Path | None) -> None:
+    def __init__(self, issuer: str, ca_file: str | None, bearer: Path | None) -> None:
         self.issuer = issuer.rstrip("/")
-        self.context = context
+        self.ca_file = ca_file
         self.bearer = bearer
         self._lock = threading.Lock()
         self._keys: UrlKeys | None = None
@@ -214,7 +226,7 @@ class DiscoveredKeys:
     def key_for(self, token: str) -> Any:
         with self._lock:
             if self._keys is None:
-                self._keys = UrlKeys(self._jwks_uri(), self.context, self.bearer)
+                self._keys = UrlKeys(self._jwks_uri(), self.ca_file, self.bearer)
         return self._keys.key_for(token)
 
     def _jwks_uri(self) -> str:
@@ -223,7 +235,7 @@ class DiscoveredKeys:
             request.add_header("Authorization", f"Bearer {_read_bearer(self.bearer)}")
         try:
             with urllib.request.urlopen(
-                request, timeout=_FETCH_TIMEOUT, context=self.context
+                request, timeout=_FETCH_TIMEOUT, context=tls_context(self.ca_file)
             ) as response:
                 document = json.loads(response.read(1024 * 1024))
             return str(document["jwks_uri"])
