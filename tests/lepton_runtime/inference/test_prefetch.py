@@ -10,12 +10,10 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from lepton_model.errors import ArtifactError
@@ -24,7 +22,7 @@ from lepton_runtime.inference.prefetch import Prefetch, Prefetched, prefetch
 from lepton_runtime.inference.registry import ModelRegistry
 from lepton_runtime.inference.service import InferenceService
 from lepton_runtime.models.store import ModelCache, ModelStore
-from lepton_runtime.settings import Location, Settings
+from lepton_runtime.settings import Settings
 from lepton_runtime.storage import Storage
 
 
@@ -216,20 +214,8 @@ def test_a_handoff_is_refused_once_a_model_is_live(s3, publish, tmp_path) -> Non
 # --- the child process --------------------------------------------------------------------------
 
 
-@pytest.fixture
-def server_models(moto_endpoint: str, model_dir: Path) -> str:
-    """A models bucket on the moto server (the child reaches it over HTTP) with digits v1."""
-    bucket = f"lepton-models-{uuid.uuid4().hex[:8]}"
-    client = boto3.client("s3")
-    client.create_bucket(Bucket=bucket)
-    store = ModelStore(Storage(client), Location(bucket))
-    store.upload_version("digits", "v1", model_dir)
-    assert store.advance_pointer("digits", "v1", {"trained_at": time.time()}).moved
-    return bucket
-
-
-def test_the_child_hands_over_the_model_and_is_reaped(server_models: str, tmp_path) -> None:
-    settings = settings_for(tmp_path, LEPTON_MODELS_BUCKET=server_models)
+def test_the_child_hands_over_the_model_and_is_reaped(models_bucket: str, tmp_path) -> None:
+    settings = settings_for(tmp_path, LEPTON_MODELS_BUCKET=models_bucket)
     started = Prefetch.start(settings)
     assert started is not None
     pid = started.pid
@@ -245,9 +231,9 @@ def test_the_child_hands_over_the_model_and_is_reaped(server_models: str, tmp_pa
 
 
 def test_a_failed_prefetch_leaves_the_worker_to_load_through_s3(
-    server_models: str, tmp_path
+    models_bucket: str, tmp_path
 ) -> None:
-    settings = settings_for(tmp_path, LEPTON_MODELS_BUCKET=server_models)
+    settings = settings_for(tmp_path, LEPTON_MODELS_BUCKET=models_bucket)
     missing = settings_for(tmp_path / "other", LEPTON_MODELS_BUCKET="no-such-bucket")
     started = Prefetch.start(missing)  # S3 fails in the child: nothing to hand over
     assert started is not None
