@@ -281,12 +281,16 @@ def test_a_child_that_raises_means_no_handoff(monkeypatch, tmp_path) -> None:
 
 
 def test_the_child_dies_with_a_supervisor_killed_with_sigkill(tmp_path) -> None:
+    marker = tmp_path / "fetching"
     script = textwrap.dedent(
-        """
-        import time
+        f"""
+        import pathlib, time
         from lepton_runtime.inference import prefetch
         from lepton_runtime.settings import Settings
-        prefetch.prefetch = lambda settings: time.sleep(60)
+        def hang(settings):
+            pathlib.Path({str(marker)!r}).touch()
+            time.sleep(60)
+        prefetch.prefetch = hang
         started = prefetch.Prefetch.start(Settings.from_env())
         print(started.pid, flush=True)
         time.sleep(60)
@@ -301,6 +305,10 @@ def test_the_child_dies_with_a_supervisor_killed_with_sigkill(tmp_path) -> None:
     try:
         assert parent.stdout is not None
         child = int(parent.stdout.readline())
+        deadline = time.monotonic() + 10
+        while not marker.exists() and time.monotonic() < deadline:  # the child is at work
+            time.sleep(0.02)
+        assert _running(child)
         parent.send_signal(signal.SIGKILL)
         parent.wait(10)
         deadline = time.monotonic() + 5
