@@ -106,6 +106,10 @@ class _Supervisor:
         settle_heap()  # what the workers inherit stays shared, out of their collectors' way
         for _ in range(self.count):
             self._fork()
+        # A prefetched model is for the workers started with it; a replacement reads S3.
+        registry = getattr(getattr(self.func, "service", None), "registry", None)
+        if hasattr(registry, "drop_handoff"):
+            registry.drop_handoff()
         log.info("workers started", extra={"workers": self.count, "port": self.settings.port})
         while self.children:
             try:

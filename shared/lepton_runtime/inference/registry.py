@@ -97,6 +97,12 @@ class ModelRegistry:
             self._handoff = prefetched
         return True
 
+    def drop_handoff(self) -> None:
+        """Forget an adopted handoff not used yet: the supervisor's, once its first workers are
+        forked, so a worker started later (a replacement) reads latest.json."""
+        with self._load_lock:
+            self._handoff = None
+
     def refresh(self) -> bool:
         """Load the target version if it is not the one being served; True when swapped.
 

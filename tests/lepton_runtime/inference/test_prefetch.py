@@ -318,3 +318,18 @@ def test_the_child_dies_with_a_supervisor_killed_with_sigkill(tmp_path) -> None:
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+def test_a_dropped_handoff_is_not_used(s3, publish, tmp_path) -> None:
+    publish("v1")
+    settings = settings_for(tmp_path)
+    found = prefetch(settings)
+    assert found is not None
+    client = CountingClient(s3)
+    registry = registry_with(settings, client)
+    registry.adopt(found)
+
+    registry.drop_handoff()  # the supervisor, once its first workers are forked
+    registry.refresh()
+
+    assert ("get_object", "digits/latest.json") in client.calls

@@ -1,15 +1,23 @@
 """`lepton-function serve infer` processes against a real moto server (through a proxy that
 records every request): the prefetched model serves the first prediction with no S3 request
-from the workers, and a prefetch that fails leaves the workers to load as without it."""
+from the workers, a prefetch that fails leaves the workers to load as without it, and a worker
+started later never loads the prefetched version again."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import time
 from pathlib import Path
 
+import boto3
 import pytest
 import requests
 
+from lepton_runtime.models.store import ModelStore
+from lepton_runtime.settings import Location
+from lepton_runtime.storage import Storage
 from s3_fault_proxy import FaultyS3Proxy
 
 pytestmark = pytest.mark.slow
@@ -36,6 +44,19 @@ def _first_prediction(url: str, png: bytes, seconds: float = 60) -> dict:
             return answer.json()
         time.sleep(0.1)
     raise AssertionError(f"no prediction within {seconds} s: {answer.status_code} {answer.text}")
+
+
+def _live_version(url: str) -> str | None:
+    """The version readiness reports (None while a connection meets the killed worker)."""
+    try:
+        return requests.get(f"{url}/health/readiness", timeout=5).json()["version"]
+    except requests.ConnectionError:
+        return None
+
+
+def _json_lines(log: Path) -> list[str]:
+    """The server's log lines (LiteRT prints a few plain ones of its own)."""
+    return [line for line in log.read_text().splitlines() if line.startswith("{")]
 
 
 def _gets(proxy: FaultyS3Proxy) -> list[str]:
@@ -75,3 +96,46 @@ def test_a_prefetch_that_fails_leaves_the_workers_to_load_through_s3(
     assert answer["predictions"][0]["label"] == "7"
     assert proxy.failed == {"/latest.json": 3}
     assert _gets(proxy).count("latest.json") >= 3 + 2  # the workers each read it after
+
+
+def test_a_replacement_worker_reads_latest_json_not_the_old_handoff(
+    serve_function,
+    models_bucket: str,
+    proxy: FaultyS3Proxy,
+    tmp_path: Path,
+    digit_png,
+    model_dir: Path,
+) -> None:
+    log = tmp_path / "server.log"
+    with log.open("w") as output:
+        process, url = serve_function(
+            FUNCTION_DIR,
+            _env(models_bucket, tmp_path / "cache", proxy.url),
+            output=output,
+            module="lepton_runtime.entry",
+        )
+    _first_prediction(url, digit_png[3])
+    store = ModelStore(Storage(boto3.client("s3")), Location(models_bucket))
+    store.upload_version("digits", "v2", model_dir)
+    body = json.loads((model_dir / "metadata.json").read_text())
+    store.storage.put_json(models_bucket, "digits/v2/metadata.json", {**body, "version": "v2"})
+    assert store.advance_pointer("digits", "v2", {"trained_at": time.time() + 60}).moved
+    reads = _gets(proxy).count("latest.json")
+
+    workers = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    os.kill(int(workers[0]), signal.SIGKILL)  # the supervisor forks a replacement
+
+    deadline = time.monotonic() + 30
+    versions: set[str] = set()
+    while time.monotonic() < deadline and versions != {"v2"}:
+        versions = {_live_version(url) for _ in range(6)}
+        time.sleep(0.2)
+    assert versions == {"v2"}  # the replacement loaded v2 and told its sibling
+    assert _gets(proxy).count("latest.json") > reads
+    loads = [
+        line.get("version")
+        for line in map(json.loads, _json_lines(log))
+        if line.get("message") == "model live"
+    ]
+    # v1 by the first two workers (the handoff), never by the replacement, which loaded v2.
+    assert loads.count("v1") == 2 and loads[2] == "v2"
