@@ -59,6 +59,12 @@ def _json_lines(log: Path) -> list[str]:
     return [line for line in log.read_text().splitlines() if line.startswith("{")]
 
 
+def _loads(log: Path) -> list[str]:
+    """The versions the server's "model live" lines name, in order."""
+    lines = map(json.loads, _json_lines(log))
+    return [line["version"] for line in lines if line.get("message") == "model live"]
+
+
 def _gets(proxy: FaultyS3Proxy) -> list[str]:
     return sorted(path.split("?")[0].rsplit("/", 1)[1] for m, path in proxy.requests if m == "GET")
 
@@ -115,6 +121,9 @@ def test_a_replacement_worker_reads_latest_json_not_the_old_handoff(
             module="lepton_runtime.entry",
         )
     _first_prediction(url, digit_png[3])
+    deadline = time.monotonic() + 30
+    while len(_loads(log)) < 2 and time.monotonic() < deadline:  # both workers are serving
+        time.sleep(0.1)
     store = ModelStore(Storage(boto3.client("s3")), Location(models_bucket))
     store.upload_version("digits", "v2", model_dir)
     body = json.loads((model_dir / "metadata.json").read_text())
@@ -132,10 +141,7 @@ def test_a_replacement_worker_reads_latest_json_not_the_old_handoff(
         time.sleep(0.2)
     assert versions == {"v2"}  # the replacement loaded v2 and told its sibling
     assert _gets(proxy).count("latest.json") > reads
-    loads = [
-        line.get("version")
-        for line in map(json.loads, _json_lines(log))
-        if line.get("message") == "model live"
-    ]
-    # v1 by the first two workers (the handoff), never by the replacement, which loaded v2.
+    deadline = time.monotonic() + 10  # a line may follow the swap readiness already shows
+    while len(loads := _loads(log)) < 4 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert loads.count("v1") == 2 and loads[2] == "v2"
