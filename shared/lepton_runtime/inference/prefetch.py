@@ -99,7 +99,8 @@ class Prefetch:
         nothing or is not done (it is then killed). The child is reaped either way."""
         data = b""
         fd = self._fd
-        deadline = time.monotonic() + timeout
+        began = time.monotonic()
+        deadline = began + timeout
         done = False
         try:
             while fd is not None:
@@ -117,7 +118,8 @@ class Prefetch:
         if not done:
             log.info("model prefetch not done in time", extra={"timeout": timeout})
             return None
-        return self._parse(data)
+        # `waited`: how long the start waited for the child (0 when it was done first).
+        return self._parse(data, round(time.monotonic() - began, 3))
 
     def hand_to(self, service: Any, timeout: float = _COLLECT_SECONDS) -> bool:
         """Collect the answer and give it to `service`'s default registry; True if adopted."""
@@ -137,7 +139,7 @@ class Prefetch:
                     os.waitpid(self.pid, 0)
             self.pid = 0
 
-    def _parse(self, data: bytes) -> Prefetched | None:
+    def _parse(self, data: bytes, waited: float) -> Prefetched | None:
         elapsed = round(time.monotonic() - self._started, 3)
         try:
             answer = json.loads(data) if data else {"error": "the prefetch ended without answer"}
@@ -150,7 +152,12 @@ class Prefetch:
             return None
         log.info(
             "model prefetched",
-            extra={"model": found.name, "version": found.version, "seconds": elapsed},
+            extra={
+                "model": found.name,
+                "version": found.version,
+                "seconds": elapsed,
+                "waited": waited,
+            },
         )
         return found
 
