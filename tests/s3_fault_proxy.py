@@ -20,6 +20,7 @@ class FaultyS3Proxy(ThreadingHTTPServer):
         self.upstream = urlsplit(upstream)
         self._faults: dict[str, int] = {}
         self.failed: dict[str, int] = {}
+        self.requests: list[tuple[str, str]] = []  # (method, path) of every request, in order
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
         self._thread.start()
@@ -33,6 +34,8 @@ class FaultyS3Proxy(ThreadingHTTPServer):
             self._faults[suffix] = times
 
     def should_fail(self, method: str, path: str) -> bool:
+        with self._lock:
+            self.requests.append((method, path))
         if method != "GET":
             return False
         with self._lock:

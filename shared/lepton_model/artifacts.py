@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lepton_model.errors import ArtifactError
+from lepton_model.errors import ArtifactError, RuntimeUnavailableError
 from lepton_model.spec import ModelSpec, Preprocessing
 
 if TYPE_CHECKING:  # training and plots are for export: a process that only serves never loads them
@@ -76,6 +77,37 @@ class ModelMetadata:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ArtifactError(f"metadata.json is invalid ({exc!r})") from exc
+
+
+def litert_available() -> bool:
+    return importlib.util.find_spec("ai_edge_litert") is not None
+
+
+def tensorflow_available() -> bool:
+    return importlib.util.find_spec("keras") is not None and (
+        importlib.util.find_spec("tensorflow") is not None
+    )
+
+
+def runtime_file(wanted: str, metadata: ModelMetadata, published: set[str]) -> tuple[str, str]:
+    """The runtime to use for `wanted` (auto, litert, tensorflow) and the one artifact file it
+    needs, from the files `published` of a version (without loading any runtime)."""
+    if wanted in ("auto", "litert") and TFLITE_FILE in published and litert_available():
+        return "litert", TFLITE_FILE
+    if wanted == "litert":
+        if not litert_available():
+            raise RuntimeUnavailableError("LiteRT (ai-edge-litert) is not installed")
+        raise ArtifactError(f"{metadata.name}/{metadata.version} has no {TFLITE_FILE}")
+    if KERAS_FILE not in published:
+        raise ArtifactError(
+            f"{metadata.name}/{metadata.version} has no file this runtime can load "
+            f"(published: {', '.join(sorted(published)) or 'nothing'})"
+        )
+    if not tensorflow_available():
+        raise RuntimeUnavailableError(
+            f"{metadata.name}/{metadata.version} needs TensorFlow, which is not installed"
+        )
+    return "tensorflow", KERAS_FILE
 
 
 def to_tflite(model: Any) -> bytes:

@@ -8,7 +8,6 @@ Neither loader executes code from the artifact: LiteRT reads a flatbuffer, Keras
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -17,7 +16,12 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from lepton_model.artifacts import KERAS_FILE, TFLITE_FILE
+from lepton_model.artifacts import (
+    KERAS_FILE,
+    TFLITE_FILE,
+    litert_available,
+    tensorflow_available,
+)
 from lepton_model.errors import ArtifactError, RuntimeUnavailableError
 
 RuntimeName = Literal["auto", "litert", "tensorflow"]
@@ -31,16 +35,6 @@ class Predictor(Protocol):
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(n, h, w, c) float32 pixels in 0..255 -> (n, classes) float32 probabilities."""
         ...
-
-
-def litert_available() -> bool:
-    return importlib.util.find_spec("ai_edge_litert") is not None
-
-
-def tensorflow_available() -> bool:
-    return importlib.util.find_spec("keras") is not None and (
-        importlib.util.find_spec("tensorflow") is not None
-    )
 
 
 @dataclass(frozen=True)

@@ -46,13 +46,22 @@ def serve(role: str, directory: str | None = None) -> int:
     from lepton_runtime.http.processes import quiet_collector
 
     quiet_collector()  # until the server has loaded (it calls settle_heap)
-    from lepton_runtime.http.workers import serve as serve_workers
-
     settings = function_settings()
     folder = Path(directory) if directory else function_dir(settings, role)
     if not (folder / "func.py").exists():
         return _fail(f"{folder}/func.py not found; pass --function-dir")
-    serve_workers(folder, settings)
+    prefetch = None
+    if role == "infer":  # fetch the model on the other core while this one imports the server
+        from lepton_runtime.inference.prefetch import Prefetch
+
+        prefetch = Prefetch.start(settings)
+    try:
+        from lepton_runtime.http.workers import serve as serve_workers
+
+        serve_workers(folder, settings, prefetch=prefetch)
+    finally:
+        if prefetch is not None:
+            prefetch.close()
     return 0
 
 

@@ -11,10 +11,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from lepton_model.imaging import ImageLimits
 from lepton_runtime.errors import ConfigurationError
+
+if TYPE_CHECKING:  # imaging brings numpy and PIL: a process that only reads settings (the
+    # model prefetch, entry.py before the server loads) does without them
+    from lepton_model.imaging import ImageLimits
 
 FunctionRole = Literal["infer", "train", "source"]
 
@@ -136,6 +139,8 @@ class Settings:
     @property
     def image_limits(self) -> ImageLimits:
         """What one image may cost to decode, for both functions."""
+        from lepton_model.imaging import ImageLimits
+
         return ImageLimits(
             max_bytes=self.max_image_bytes,
             max_pixels=self.max_image_pixels,

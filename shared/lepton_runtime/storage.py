@@ -14,25 +14,15 @@ from __future__ import annotations
 
 import json
 import mimetypes
+import sys
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
-
-import boto3
-from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    HTTPClientError,
-    IncompleteReadError,
-    NoCredentialsError,
-    PartialCredentialsError,
-)
-from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from lepton_runtime import jsonio
 from lepton_runtime.errors import (
@@ -46,8 +36,10 @@ from lepton_runtime.errors import (
     StorageRequestError,
     StorageUnavailableError,
 )
-from lepton_runtime.events.inbound import normalise_etag
 from lepton_runtime.settings import S3Settings, Settings
+
+if TYPE_CHECKING:  # boto3 and botocore are imported when a client is made (~0.3 s of a start)
+    from botocore.config import Config
 
 OCTET_STREAM = "application/octet-stream"
 JSON = "application/json"
@@ -107,6 +99,8 @@ class StoredObject:
 
 def client_config(s3: S3Settings, *, addressing_style: str | None = None) -> Config:
     """botocore Config: standard retry mode, the configured timeouts and addressing style."""
+    from botocore.config import Config
+
     options: dict[str, Any] = {
         # total_max_attempts counts the first try; botocore's max_attempts would count retries.
         "retries": {"mode": "standard", "total_max_attempts": s3.max_attempts},
@@ -124,6 +118,8 @@ def make_s3_client(settings: Settings) -> Any:
     Virtual-host addressing against a custom endpoint asks for `<bucket>.minio:9000`, which no
     in-cluster DNS resolves; path style is what every S3-compatible store speaks.
     """
+    import boto3
+
     style = settings.s3.addressing_style
     if style != "auto":
         return boto3.client("s3", config=client_config(settings.s3, addressing_style=style))
@@ -135,6 +131,9 @@ def make_s3_client(settings: Settings) -> Any:
 
 def make_sqs_client(settings: Settings) -> Any:
     """An SQS client for the event-source adapter; its read timeout outlasts a long poll."""
+    import boto3
+    from botocore.config import Config
+
     s3 = settings.s3
     config = Config(
         retries={"mode": "standard", "total_max_attempts": s3.max_attempts},
@@ -145,14 +144,44 @@ def make_sqs_client(settings: Settings) -> Any:
 
 
 class Storage:
-    """Typed, bounded access to S3 objects through one boto3 client (thread-safe)."""
+    """Typed, bounded access to S3 objects through one boto3 client (thread-safe).
 
-    def __init__(self, client: Any) -> None:
-        self.client = client
+    Made from settings, the client (and boto3 with it) is created on first use, once, whichever
+    thread gets there first: a process that starts from a prefetched model (see
+    inference/prefetch.py) serves its first requests without having imported boto3.
+    """
+
+    def __init__(self, client: Any = None, *, settings: Settings | None = None) -> None:
+        if client is None and settings is None:
+            raise TypeError("Storage needs a client or the settings to make one")
+        self._client = client
+        self._settings = settings
+        self._lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Storage:
-        return cls(make_s3_client(settings))
+        """Storage whose client is made from `settings` when first needed."""
+        return cls(settings=settings)
+
+    @property
+    def client(self) -> Any:
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    assert self._settings is not None
+                    self._client = make_s3_client(self._settings)
+                client = self._client
+        return client
+
+    @client.setter
+    def client(self, value: Any) -> None:
+        self._client = value
+
+    @property
+    def client_made(self) -> bool:
+        """Whether the boto3 client exists yet (it is made on first use)."""
+        return self._client is not None
 
     @property
     def endpoint_url(self) -> str:
@@ -389,6 +418,13 @@ class Storage:
         return normalise_etag(response.get("ETag"))
 
 
+def normalise_etag(etag: Any) -> str | None:
+    """ETags without the quotes HTTP puts around them, so events and HEAD answers compare."""
+    if not isinstance(etag, str):
+        return None
+    return etag.strip('"') or None
+
+
 def guess_type(name: str) -> str:
     """Content type from a file name (`.json` -> application/json), octet-stream otherwise."""
     return mimetypes.guess_type(name)[0] or OCTET_STREAM
@@ -404,28 +440,53 @@ def _mapped(bucket: str, key: str, action: str) -> Iterator[None]:
     where = f"s3://{bucket}/{key}"
     try:
         yield
-    except ClientError as exc:
+    except StorageError:
+        raise
+    except Exception as exc:
+        mapped = _translated(exc, where, action)
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
+def _translated(exc: Exception, where: str, action: str) -> StorageError | None:
+    """The typed error for a botocore exception; None for any other exception."""
+    if "botocore.exceptions" not in sys.modules:
+        return None  # no client was ever made here: it is not a botocore error
+    # Imported where used: boto3 and botocore load with the first client (see Storage).
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        HTTPClientError,
+        IncompleteReadError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         message = f"cannot {action} {where}: {code or status} {error.get('Message', '')}".strip()
         if code in _PRECONDITION or status == 412:
-            raise _PreconditionFailed(message) from exc
+            return _PreconditionFailed(message)
         if code in _NOT_FOUND or status == 404:
-            raise ObjectNotFoundError(message) from exc
+            return ObjectNotFoundError(message)
         if code in _DENIED or status == 403:
-            raise AccessDeniedError(message) from exc
+            return AccessDeniedError(message)
         if code in _TRANSIENT or status >= 500 or status == 429:
-            raise StorageUnavailableError(message) from exc
-        raise StorageRequestError(message) from exc
-    except (NoCredentialsError, PartialCredentialsError) as exc:
-        raise AccessDeniedError(f"cannot {action} {where}: {exc}") from exc
-    except (BotoConnectionError, HTTPClientError, IncompleteReadError) as exc:
+            return StorageUnavailableError(message)
+        return StorageRequestError(message)
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return AccessDeniedError(f"cannot {action} {where}: {exc}")
+    if isinstance(exc, BotoConnectionError | HTTPClientError | IncompleteReadError):
         # Connection refused, DNS, connect/read timeouts, connections closed mid-answer.
-        raise StorageUnavailableError(f"cannot {action} {where}: {exc}") from exc
-    except BotoCoreError as exc:
+        return StorageUnavailableError(f"cannot {action} {where}: {exc}")
+    if isinstance(exc, BotoCoreError):
         # ParamValidationError and the like: the request itself is wrong, retrying cannot help.
-        raise StorageRequestError(f"cannot {action} {where}: {exc}") from exc
+        return StorageRequestError(f"cannot {action} {where}: {exc}")
+    return None
 
 
 def _too_large(bucket: str, key: str, size: int | None, limit: int) -> ObjectTooLargeError:

@@ -25,8 +25,9 @@ def _free_port() -> int:
 
 @pytest.fixture
 def serve_function() -> Iterator[ServeFunction]:
-    """Start `lepton serve <role>` on a function folder and a free port, as its container does;
-    returns (process, base URL) once /health/liveness answers. Stopped with SIGTERM afterwards."""
+    """Start `lepton serve <role>` on a function folder and a free port, as its container does
+    (`module="lepton_runtime.entry"`: `lepton-function serve`, what the image runs); returns
+    (process, base URL) once /health/liveness answers. Stopped with SIGTERM afterwards."""
     started: list[subprocess.Popen] = []
 
     def start(
@@ -34,6 +35,7 @@ def serve_function() -> Iterator[ServeFunction]:
         env: dict[str, str] | None = None,
         output: int | None = None,
         role: str = "infer",
+        module: str = "lepton_stack.cli",
     ) -> tuple[subprocess.Popen, str]:
         port = _free_port()
         environment = {**os.environ, **(env or {}), "PORT": str(port)}
@@ -42,7 +44,7 @@ def serve_function() -> Iterator[ServeFunction]:
             [
                 sys.executable,
                 "-m",
-                "lepton_stack.cli",
+                module,
                 "serve",
                 role,
                 "--function-dir",

@@ -89,3 +89,46 @@ def test_a_function_folder_without_func_py_exits_2(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "func.py not found" in done.stderr
+
+
+def test_the_inference_functions_start_path_imports_no_boto3() -> None:
+    """boto3 and botocore (~0.3 s with the client) load on the first S3 request, which a
+    prefetched model puts after the first prediction (inference/prefetch.py)."""
+    loaded = _modules_after(
+        "import lepton_runtime.entry, lepton_runtime.http.workers, runpy; "
+        "runpy.run_path('functions/infer/func.py')"
+    )
+    assert not loaded & {"boto3", "botocore", "s3transfer"}
+
+
+@pytest.mark.parametrize(("role", "prefetches"), [("infer", True), ("train", False)])
+def test_only_the_inference_role_prefetches_its_model(
+    monkeypatch: pytest.MonkeyPatch, role: str, prefetches: bool
+) -> None:
+    from lepton_runtime import entry
+    from lepton_runtime.http import processes, workers
+    from lepton_runtime.inference.prefetch import Prefetch
+
+    started: list[str] = []
+    closed: list[str] = []
+    handed: list[object] = []
+
+    class FakePrefetch:
+        def close(self) -> None:
+            closed.append(role)
+
+    monkeypatch.setattr(
+        Prefetch, "start", classmethod(lambda cls, s: started.append(role) or FakePrefetch())
+    )
+    monkeypatch.setattr(
+        workers, "serve", lambda folder, settings, prefetch=None: handed.append(prefetch)
+    )
+    monkeypatch.setattr(entry, "configure", lambda level: None)
+    monkeypatch.setattr(processes, "quiet_collector", lambda: None)  # keep this process's gc
+    monkeypatch.setenv("LEPTON_EVENT_AUTH", "off")
+
+    assert entry.serve(role, str(ROOT / "functions" / role)) == 0
+
+    assert started == ([role] if prefetches else [])
+    assert closed == started  # the child is always reaped, whatever serve did
+    assert (handed[0] is not None) is prefetches

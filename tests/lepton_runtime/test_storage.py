@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import socket
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -352,3 +355,63 @@ def test_list_prefixes_lists_the_folders_under_a_prefix(storage: Storage) -> Non
     for key in ("m/v1/a", "m/v2/a", "m/latest.json"):
         storage.put_bytes(BUCKET, key, b"x")
     assert storage.list_prefixes(BUCKET, "m/") == ["m/v1/", "m/v2/"]
+
+
+# --- the client made on first use -------------------------------------------------------------
+
+
+def test_storage_from_settings_makes_its_client_on_first_use(mock_aws: None) -> None:
+    store = Storage.from_settings(Settings())
+    assert not store.client_made
+    assert store.get_json(BUCKET, "missing.json", missing_ok=True) is None  # no such bucket
+    assert store.client_made
+
+
+def test_an_explicit_client_is_used_as_given(mock_aws: None) -> None:
+    client = make_s3_client(Settings())
+    store = Storage(client)
+    assert store.client_made and store.client is client
+
+
+def test_the_client_is_made_once_whichever_threads_ask_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made: list[object] = []
+
+    def slow_client(settings: Settings) -> object:
+        time.sleep(0.05)  # wide open for a second thread to make another
+        made.append(object())
+        return made[-1]
+
+    monkeypatch.setattr("lepton_runtime.storage.make_s3_client", slow_client)
+    store = Storage.from_settings(Settings())
+    seen: list[object] = []
+    threads = [threading.Thread(target=lambda: seen.append(store.client)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(made) == 1 and seen == made * 8
+
+
+def test_errors_of_a_lazily_made_client_are_typed(mock_aws: None) -> None:
+    store = Storage.from_settings(Settings())
+    with pytest.raises(ObjectNotFoundError):
+        store.get_bytes("no-such-bucket", "key", 10)
+
+
+def test_boto3_is_imported_only_when_the_client_is_made() -> None:
+    code = (
+        "import sys\n"
+        "from lepton_runtime.settings import Settings\n"
+        "from lepton_runtime.storage import Storage\n"
+        "store = Storage.from_settings(Settings())\n"
+        "before = sorted(m for m in ('boto3', 'botocore') if m in sys.modules)\n"
+        "store.client\n"
+        "after = sorted(m for m in ('boto3', 'botocore') if m in sys.modules)\n"
+        "print(before, after)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[] ['boto3', 'botocore']"

@@ -37,6 +37,7 @@ from lepton_runtime.errors import (
     PayloadTooLargeError,
 )
 from lepton_runtime.settings import FunctionRole, Settings
+from lepton_runtime.storage import normalise_etag
 
 S3_EVENT_TYPE_PREFIX = "com.amazonaws.s3."
 # Knative's IntegrationSource (Apache Camel Kamelets underneath) has named its SQS events
@@ -209,13 +210,6 @@ def event_name(name: Any) -> str:
     """`s3:ObjectCreated:Put` (MinIO, bucket configuration) -> `ObjectCreated:Put` (S3 records);
     anything that is not a string names no event ("")."""
     return name.removeprefix("s3:") if isinstance(name, str) else ""
-
-
-def normalise_etag(etag: Any) -> str | None:
-    """ETags without the quotes HTTP puts around them, so events and HEAD answers compare."""
-    if not isinstance(etag, str):
-        return None
-    return etag.strip('"') or None
 
 
 def authorize(ref: ObjectRef, settings: Settings, role: FunctionRole) -> ObjectRef:

@@ -18,7 +18,7 @@ import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lepton_runtime.http.processes import die_with_parent, settle_heap
 from lepton_runtime.http.server import listening_socket, load_function, serve_process
@@ -27,6 +27,9 @@ from lepton_runtime.settings import (
     metrics_multiprocess_dir,
     use_metrics_multiprocess_dir,
 )
+
+if TYPE_CHECKING:
+    from lepton_runtime.inference.prefetch import Prefetch
 
 log = logging.getLogger("lepton.server")
 
@@ -48,9 +51,15 @@ def available_cpus() -> int:
     return max(1, count)
 
 
-def serve(function_dir: Path, settings: Settings, grace_seconds: float = 30.0) -> None:
+def serve(
+    function_dir: Path,
+    settings: Settings,
+    grace_seconds: float = 30.0,
+    prefetch: Prefetch | None = None,
+) -> None:
     """Serve the function in `function_dir` with settings.workers processes (0 = one per CPU,
-    capped by what the function allows)."""
+    capped by what the function allows). A `prefetch` (of the inference function's model) is
+    collected and handed to the function's service once loaded, before any worker starts."""
     workers = settings.workers or available_cpus()
     metrics_dir = None
     if workers > 1 and not metrics_multiprocess_dir():
@@ -60,6 +69,8 @@ def serve(function_dir: Path, settings: Settings, grace_seconds: float = 30.0) -
     try:
         func = load_function(function_dir)
         service = getattr(func, "service", None)
+        if prefetch is not None:
+            prefetch.hand_to(service)
         workers = min(workers, getattr(service, "max_workers", workers) or workers)
         if workers <= 1:
             serve_process(func, function_dir, settings, grace_seconds)
@@ -95,6 +106,10 @@ class _Supervisor:
         settle_heap()  # what the workers inherit stays shared, out of their collectors' way
         for _ in range(self.count):
             self._fork()
+        # A prefetched model is for the workers started with it; a replacement reads S3.
+        registry = getattr(getattr(self.func, "service", None), "registry", None)
+        if hasattr(registry, "drop_handoff"):
+            registry.drop_handoff()
         log.info("workers started", extra={"workers": self.count, "port": self.settings.port})
         while self.children:
             try:

@@ -16,20 +16,17 @@ in the log.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lepton_model.artifacts import KERAS_FILE, METADATA_FILE, TFLITE_FILE, ModelMetadata
+from lepton_model.artifacts import ModelMetadata
 from lepton_model.classifier import Classifier, load_classifier
-from lepton_model.errors import ArtifactError, LeptonModelError, RuntimeUnavailableError
-from lepton_model.predictors import litert_available, tensorflow_available
-from lepton_runtime.errors import LeptonError, ModelNotReadyError, ObjectNotFoundError
+from lepton_model.errors import ArtifactError, LeptonModelError
+from lepton_runtime.errors import LeptonError, ModelNotReadyError
+from lepton_runtime.inference.prefetch import Prefetched
 from lepton_runtime.metrics import FunctionMetrics
 from lepton_runtime.models.store import ModelCache, ModelStore
 from lepton_runtime.settings import Settings
@@ -63,6 +60,7 @@ class ModelRegistry:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._handoff: Prefetched | None = None
         self.last_error: str = ""
         self.failures = 0
 
@@ -84,14 +82,40 @@ class ModelRegistry:
         pointer = self.store.pointer(self.name)
         return pointer.version if pointer else None
 
+    def adopt(self, prefetched: Prefetched) -> bool:
+        """Let the first load start from what a prefetch found (inference/prefetch.py): its
+        version and metadata instead of reading latest.json and metadata.json, its artifact
+        verified in the cache against that metadata. Used once, by the next load only (later
+        ones read latest.json again); refused for another model or another version than the
+        pin."""
+        pin = self._settings.model_version
+        if prefetched.name != self.name or (pin and prefetched.version != pin):
+            return False
+        with self._load_lock:
+            if self._current is not None:
+                return False
+            self._handoff = prefetched
+        return True
+
+    def drop_handoff(self) -> None:
+        """Forget an adopted handoff not used yet: the supervisor's, once its first workers are
+        forked, so a worker started later (a replacement) reads latest.json."""
+        with self._load_lock:
+            self._handoff = None
+
     def refresh(self) -> bool:
         """Load the target version if it is not the one being served; True when swapped.
 
         One load at a time; a caller arriving during a load waits for it, then checks again.
         """
         with self._load_lock:
+            handoff, self._handoff = self._handoff, None  # one load at most, however it ends
             try:
-                version = self.target_version()
+                if handoff is not None:
+                    version: str | None = handoff.version
+                    raw: dict[str, Any] | None = handoff.metadata
+                else:
+                    version, raw = self.target_version(), None
                 current = self._current
                 if version is None:
                     self.last_error = f"nothing published yet for {self.name!r}"
@@ -99,7 +123,7 @@ class ModelRegistry:
                 if current is not None and current.version == version:
                     self.last_error = ""
                     return False
-                classifier = self._load(version)
+                classifier = self._load(version, raw)
             except (LeptonError, LeptonModelError, OSError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if self._metrics:
@@ -124,58 +148,24 @@ class ModelRegistry:
             self.cache.evict(self.name, {version}, _SPARE_CACHED_VERSIONS)
             return True
 
-    def _load(self, version: str) -> Classifier:
-        raw = self.store.metadata(self.name, version)
+    def _load(self, version: str, raw: dict[str, Any] | None = None) -> Classifier:
+        """Load `version`: its metadata.json (`raw` when already read), the runtime's file
+        fetched into the verified cache, then the classifier."""
+        if raw is None:
+            raw = self.store.metadata(self.name, version)
         metadata = ModelMetadata.from_dict(raw)
         if metadata.version != version:
             raise ArtifactError(
                 f"{self.name}/{version}/metadata.json names version {metadata.version!r}: the "
                 "version was published incompletely or by hand"
             )
-        published = set(metadata.artifacts) or set(metadata.files)
-        runtime, filename = self._runtime_file(metadata, published)
+        runtime, _ = self.cache.fetch_for_runtime(self.store, metadata, self._settings.runtime)
+        self.cache.put_metadata(self.name, version, raw)
         folder = self.cache.folder(self.name, version)
-        try:
-            self._fetch(metadata, filename)
-        except ObjectNotFoundError:
-            # Gone from the store although published: in `auto`, the Keras file will do if
-            # this image can run it. A transient fault is raised instead (and retried).
-            if runtime != "litert" or self._settings.runtime != "auto":
-                raise
-            runtime, filename = self._runtime_file(metadata, published - {TFLITE_FILE})
-            self._fetch(metadata, filename)
-        _write_atomically(folder / METADATA_FILE, json.dumps(raw).encode())
         classifier = self._loader(folder, runtime, self._settings.top_k)
         if classifier.version != version:
             raise ArtifactError(f"{folder} holds version {classifier.version!r}, not {version}")
         return classifier
-
-    def _fetch(self, metadata: ModelMetadata, filename: str) -> None:
-        expected = metadata.artifacts.get(filename)
-        name, version = metadata.name, metadata.version
-        if not self.cache.has(name, version, filename, expected):
-            target = self.cache.folder(name, version) / filename
-            self.store.download(name, version, filename, expected, target)
-
-    def _runtime_file(self, metadata: ModelMetadata, published: set[str]) -> tuple[str, str]:
-        """The runtime to use and the one artifact file it needs, from what was published."""
-        wanted = self._settings.runtime
-        if wanted in ("auto", "litert") and TFLITE_FILE in published and litert_available():
-            return "litert", TFLITE_FILE
-        if wanted == "litert":
-            if not litert_available():
-                raise RuntimeUnavailableError("LiteRT (ai-edge-litert) is not installed")
-            raise ArtifactError(f"{metadata.name}/{metadata.version} has no {TFLITE_FILE}")
-        if KERAS_FILE not in published:
-            raise ArtifactError(
-                f"{metadata.name}/{metadata.version} has no file this runtime can load "
-                f"(published: {', '.join(sorted(published)) or 'nothing'})"
-            )
-        if not tensorflow_available():
-            raise RuntimeUnavailableError(
-                f"{metadata.name}/{metadata.version} needs TensorFlow, which is not installed"
-            )
-        return "tensorflow", KERAS_FILE
 
     # --- the loader thread --------------------------------------------------------------------
 
@@ -236,15 +226,3 @@ class ModelRegistry:
             "reason": self.last_error or None,
             "failed_attempts": self.failures,
         }
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lepton_model.artifacts import METADATA_FILE
+from lepton_model.artifacts import METADATA_FILE, TFLITE_FILE, ModelMetadata, runtime_file
 from lepton_model.errors import ArtifactError
 from lepton_runtime.errors import (
     ObjectNotFoundError,
@@ -193,15 +194,7 @@ class ModelStore:
             self.bucket, self.artifact_key(name, version, filename), MAX_ARTIFACT_BYTES
         )
         verify(obj.data, expected, f"{name}/{version}/{filename}")
-        into.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{filename}-", dir=into.parent)
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                stream.write(obj.data)
-            os.replace(temporary, into)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_atomically(into, obj.data)
         return into
 
     # --- publishing -------------------------------------------------------------------------
@@ -340,6 +333,19 @@ class ModelStore:
             )
 
 
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write `path` whole or not at all (a temporary file beside it, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
 def verify(data: bytes, expected: dict[str, Any] | None, what: str) -> None:
     """ArtifactError unless `data` has the size and sha256 metadata recorded (if it did)."""
     if not expected:
@@ -377,6 +383,40 @@ class ModelCache:
             path.unlink(missing_ok=True)  # corrupt on disk: fetch it again
             return False
         return True
+
+    def fetch(self, store: ModelStore, metadata: ModelMetadata, filename: str) -> Path:
+        """The cached, verified file of a version, downloaded first unless it is there."""
+        expected = metadata.artifacts.get(filename)
+        name, version = metadata.name, metadata.version
+        target = self.folder(name, version) / filename
+        if not self.has(name, version, filename, expected):
+            store.download(name, version, filename, expected, target)
+        return target
+
+    def fetch_for_runtime(
+        self, store: ModelStore, metadata: ModelMetadata, wanted: str
+    ) -> tuple[str, str]:
+        """Fetch what runtime `wanted` needs of a version; returns (runtime, file).
+
+        When model.tflite is published but gone from the store, `auto` makes do with the Keras
+        file if this image can run it; a transient fault is raised instead (and retried).
+        """
+        published = set(metadata.artifacts) or set(metadata.files)
+        runtime, filename = runtime_file(wanted, metadata, published)
+        try:
+            self.fetch(store, metadata, filename)
+        except ObjectNotFoundError:
+            if runtime != "litert" or wanted != "auto":
+                raise
+            runtime, filename = runtime_file(wanted, metadata, published - {TFLITE_FILE})
+            self.fetch(store, metadata, filename)
+        return runtime, filename
+
+    def put_metadata(self, name: str, version: str, raw: dict[str, Any]) -> Path:
+        """Write a version's metadata.json (as read from the store) beside its files."""
+        path = self.folder(name, version) / METADATA_FILE
+        write_atomically(path, json.dumps(raw).encode())
+        return path
 
     def evict(self, name: str, keep: set[str], spare: int) -> list[str]:
         """Delete cached versions of `name` but those in `keep` and the `spare` most recently

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,8 +22,10 @@ from lepton_model.artifacts import export_artifact
 from lepton_model.training import TrainingConfig, train
 from lepton_runtime.http.server import build_app
 from lepton_runtime.inference.service import InferenceService
-from lepton_runtime.settings import Settings
+from lepton_runtime.models.store import ModelStore
+from lepton_runtime.settings import Location, Settings
 from lepton_runtime.storage import Storage
+from s3_fault_proxy import FaultyS3Proxy
 
 MODEL = "digits"
 VERSION = "v1"
@@ -174,3 +178,24 @@ def _s3_record(
             "object": obj,
         },
     }
+
+
+@pytest.fixture
+def models_bucket(moto_endpoint: str, model_dir: Path) -> str:
+    """A models bucket on the moto server (real processes reach it over HTTP) with the digits
+    model published as v1."""
+    bucket = f"lepton-models-{uuid.uuid4().hex[:8]}"
+    client = boto3.client("s3")
+    client.create_bucket(Bucket=bucket)
+    store = ModelStore(Storage(client), Location(bucket))
+    store.upload_version(MODEL, VERSION, model_dir)
+    assert store.advance_pointer(MODEL, VERSION, {"trained_at": time.time()}).moved
+    return bucket
+
+
+@pytest.fixture
+def proxy(moto_server: str) -> Iterator[FaultyS3Proxy]:
+    """A proxy in front of the moto server that records requests and fails chosen ones."""
+    server = FaultyS3Proxy(moto_server)
+    yield server
+    server.close()

@@ -7,43 +7,18 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import requests
 
-from lepton_runtime.models.store import ModelStore
-from lepton_runtime.settings import Location
-from lepton_runtime.storage import Storage
 from s3_fault_proxy import FaultyS3Proxy
 
 pytestmark = pytest.mark.slow
 
 FUNCTION_DIR = Path(__file__).parents[3] / "functions" / "infer"
 MODEL, VERSION = "digits", "v1"
-
-
-@pytest.fixture
-def models_bucket(moto_endpoint: str, model_dir: Path) -> str:
-    """A models bucket on the moto server with the digits model published as v1."""
-    bucket = f"lepton-models-{uuid.uuid4().hex[:8]}"
-    client = boto3.client("s3")
-    client.create_bucket(Bucket=bucket)
-    store = ModelStore(Storage(client), Location(bucket))
-    store.upload_version(MODEL, VERSION, model_dir)
-    assert store.advance_pointer(MODEL, VERSION, {"trained_at": time.time()}).moved
-    return bucket
-
-
-@pytest.fixture
-def proxy(moto_server: str) -> Iterator[FaultyS3Proxy]:
-    server = FaultyS3Proxy(moto_server)
-    yield server
-    server.close()
 
 
 def _env(bucket: str, cache: Path, runtime: str, endpoint: str) -> dict[str, str]:
