@@ -72,7 +72,9 @@ class DecodeBudget:
 
     def __init__(self) -> None:
         self._held = 0
-        self._changed = threading.Condition()
+        self._waiting = 0  # decodes waiting for others to give their bytes back
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
 
     @property
     def held(self) -> int:
@@ -83,15 +85,21 @@ class DecodeBudget:
         return _Holding(self, cost, capacity)
 
     def _take(self, cost: int, capacity: int) -> None:
-        with self._changed:
-            while self._held and self._held + cost > capacity:
-                self._changed.wait()
+        with self._lock:
+            if self._held and self._held + cost > capacity:
+                self._waiting += 1
+                try:
+                    while self._held and self._held + cost > capacity:
+                        self._changed.wait()
+                finally:
+                    self._waiting -= 1
             self._held += cost
 
     def _give_back(self, cost: int) -> None:
-        with self._changed:
+        with self._lock:  # the condition's own lock, without its Python-level wrapper
             self._held -= cost
-            self._changed.notify_all()
+            if self._waiting:
+                self._changed.notify_all()
 
 
 class _Holding:
@@ -144,28 +152,27 @@ def decode_image(
         working.getexif()[_EXIF_ORIENTATION] = orientation  # the cached Exif exif_transpose reads
         working = ImageOps.exif_transpose(working)
     working = _to_channels(working, prep)
-    # From here on the working image is a uint8 array: cropping is a slice and padding a fill,
-    # and Pillow is called again only when the result must be resized.
-    pixels = _array(working)
-    gray = pixels if pixels.ndim == 2 else _array(working.convert("L"))
-    background = _border_level(gray)
-    if prep.crop:
-        pixels = _crop_to_content(pixels, gray, background)
-    array = _fit(pixels, working.mode, prep, background)
+    # From here on the working image is read as bytes: the border and the content's box from
+    # its gray bytes; a small image is cropped and padded on its bytes, a larger one as a uint8
+    # array; Pillow is called again only when the result must be resized.
+    gray_image = working if working.mode == "L" else working.convert("L")
+    gray = gray_image.tobytes()
+    width, height = working.size
+    background = _border_level(gray, width, height)
+    box = _content_box(gray, width, height, background) if prep.crop else None
     # Judged on the whole image's border, before cropping put ink at the edges.
-    if prep.background != "keep" and (background > 127.5) == (prep.background == "dark"):
-        np.subtract(255.0, array, out=array)
-    return array
+    invert = prep.background != "keep" and (background > 127.5) == (prep.background == "dark")
+    return _fit(working, gray if gray_image is working else None, box, prep, background, invert)
 
 
 # Where Pillow finds a PNG's orientation: an eXIf chunk, an ImageMagick text chunk, XMP.
-_PNG_ORIENTATION_SOURCES = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
+_PNG_ORIENTATION_SOURCES = frozenset(("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp"))
 
 
 def _orientation(image: Image.Image) -> int:
     """The EXIF orientation (1 = as stored). A PNG with none of the chunks Pillow reads it from
     is upright without building its Exif (most PNGs: ~10 µs a request)."""
-    if image.format == "PNG" and not any(key in image.info for key in _PNG_ORIENTATION_SOURCES):
+    if image.format == "PNG" and _PNG_ORIENTATION_SOURCES.isdisjoint(image.info):
         return 1
     return image.getexif().get(_EXIF_ORIENTATION, 1)
 
@@ -277,6 +284,8 @@ def _reduce(image: Image.Image) -> Image.Image:
     """The image in an 8-bit mode (L, RGB, or premultiplied RGBa when it has alpha), reduced
     by an integer factor to at most WORKING_PIXELS, converting one strip at a time."""
     width, height = image.size
+    if width * height <= WORKING_PIXELS and image.mode in ("L", "RGB"):
+        return image  # already 8-bit and small enough: its own working image
     factor = max(1, math.ceil(math.sqrt(width * height / WORKING_PIXELS)))
     convert = _strip_converter(image)
     if factor == 1:
@@ -367,19 +376,43 @@ def _composite_alpha(image: Image.Image) -> Image.Image:
     return Image.fromarray(flat.astype(np.uint8), mode="RGB")
 
 
-def _array(image: Image.Image) -> np.ndarray:
-    """An L or RGB image's pixels as a read-only uint8 array (without numpy's array-interface
-    round trip, which costs more than the copy for small images)."""
+def _array(image: Image.Image, data: bytes | None = None) -> np.ndarray:
+    """An L or RGB image's pixels (`data`: its bytes, when already read) as a read-only uint8
+    array of shape (height, width, channels), without numpy's array-interface round trip
+    (which costs more than the copy for small images)."""
     width, height = image.size
-    shape = (height, width) if image.mode == "L" else (height, width, 3)
-    return np.frombuffer(image.tobytes(), dtype=np.uint8).reshape(shape)
+    channels = 1 if image.mode == "L" else 3
+    pixels = np.frombuffer(image.tobytes() if data is None else data, np.uint8)
+    return pixels.reshape(height, width, channels)
 
 
-def _border_level(gray: np.ndarray) -> float:
-    """Median brightness of the outermost pixel ring of a 2-D image: its background."""
-    ring = np.concatenate((gray[0, :], gray[-1, :], gray[1:-1, 0], gray[1:-1, -1]))
-    ring.sort()
-    return float(ring[ring.size // 2])
+# Contiguous pixel bytes, row by row: what `_image` and np.frombuffer read without a copy.
+_Pixels = bytes | bytearray | np.ndarray
+
+
+def _image(pixels: _Pixels, mode: str, size: tuple[int, int]) -> Image.Image:
+    """An L or RGB Pillow image over contiguous pixel bytes (a buffer: not copied)."""
+    return Image.frombuffer(mode, size, pixels, "raw", mode, 0, 1)
+
+
+# Images at most this many pixels wide and high are cropped and padded in Python, on their
+# bytes: a few slices cost less than the numpy calls that do the same on a large image.
+_SMALL_SIDE = 64
+# Up to this many values, Python sorts the border's ring faster than numpy is called.
+_SORT_IN_PYTHON = 256
+
+
+def _border_level(gray: bytes, width: int, height: int) -> int:
+    """Median brightness of the outermost pixel ring of a width x height 8-bit image given as
+    its bytes, row by row: its background. The ring is sliced from the bytes: the top and
+    bottom rows, then the first and last columns between them (an image one pixel high or
+    wide counts its one row or column twice)."""
+    bottom = (height - 1) * width  # where the last row starts
+    ring = gray[:width] + gray[bottom:] + gray[width:bottom:width]
+    ring += gray[2 * width - 1 : bottom : width]
+    if len(ring) <= _SORT_IN_PYTHON:
+        return sorted(ring)[len(ring) // 2]
+    return int(np.sort(np.frombuffer(ring, np.uint8))[len(ring) // 2])
 
 
 # How far (of 255) a pixel must stand from the background to count as content when cropping:
@@ -388,18 +421,36 @@ _CONTENT_THRESHOLD = 64
 
 
 _LEVELS = np.arange(256)
-# Which gray levels count as content, for each background level (one lookup does the compare).
-_CONTENT = np.abs(_LEVELS[np.newaxis, :] - _LEVELS[:, np.newaxis]) > _CONTENT_THRESHOLD
+# Which gray levels count as content (1) or not (0), for each background level: one
+# bytes.translate marks the content of a whole image.
+_CONTENT = tuple(
+    (np.abs(_LEVELS - background) > _CONTENT_THRESHOLD).astype(np.uint8).tobytes()
+    for background in range(256)
+)
 
 
-def _crop_to_content(pixels: np.ndarray, gray: np.ndarray, background: float) -> np.ndarray:
-    """Cut to the bounding box of the pixels that stand out from the background."""
-    content = _CONTENT[int(background)][gray]  # the background is one of the gray levels
-    rows = np.flatnonzero(content.any(axis=1))
-    if rows.size == 0:
-        return pixels  # blank: nothing to centre on
-    cols = np.flatnonzero(content.any(axis=0))
-    return pixels[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+def _content_box(
+    gray: bytes, width: int, height: int, background: int
+) -> tuple[int, int, int, int] | None:
+    """The bounding box (left, top, right, bottom) of the pixels of a width x height 8-bit
+    image (its bytes, row by row) that stand out from the background; None when none do."""
+    content = gray.translate(_CONTENT[background])
+    first = content.find(1)
+    if first < 0:
+        return None  # blank: nothing to centre on
+    top, bottom = first // width, content.rfind(1) // width + 1
+    rows = content[top * width : bottom * width]
+    if width <= _SMALL_SIDE and height <= _SMALL_SIDE:
+        # Column by column from each side (rows[x::width] is column x): some column has content.
+        left, right = 0, width
+        while 1 not in rows[left::width]:
+            left += 1
+        while 1 not in rows[right - 1 :: width]:
+            right -= 1
+        return left, top, right, bottom
+    band = np.frombuffer(rows, np.uint8).reshape(bottom - top, width)
+    columns = band.any(axis=0).tobytes()
+    return columns.find(1), top, columns.rfind(1) + 1, bottom
 
 
 _REDUCING_GAP = 3.0
@@ -411,39 +462,105 @@ def _canvas_pixels(width: int, height: int, prep: Preprocessing) -> float:
     return prep.width * prep.height * scale * scale
 
 
-def _fit(pixels: np.ndarray, mode: str, prep: Preprocessing, background: float) -> np.ndarray:
-    """Resize to the model's input size; with fit='pad' the aspect ratio is kept and the rest
-    of the input is filled with the background colour (on a canvas a few times the target).
-    `pixels` are an image of `mode` (L or RGB); the answer is float32 (height, width, channels).
+def _pad_reduction(width: int, height: int, prep: Preprocessing) -> int:
+    """The factor a width x height image is reduced by before it is padded: the one the resize
+    would use (its reducing_gap), so the padded canvas stays within a few times the target
+    whatever the image's aspect."""
+    factor = max(1, int(max(width / prep.width, height / prep.height) / _REDUCING_GAP))
+    while _canvas_pixels(width // factor, height // factor, prep) > max(
+        WORKING_PIXELS, 4 * prep.width * prep.height
+    ):
+        factor += 1
+    return factor
+
+
+def _padded_size(width: int, height: int, prep: Preprocessing) -> tuple[int, int]:
+    """The canvas that pads a width x height image to the target's aspect."""
+    scale = max(width / prep.width, height / prep.height)
+    return max(width, round(prep.width * scale)), max(height, round(prep.height * scale))
+
+
+def _fit(
+    image: Image.Image,
+    data: bytes | None,
+    box: tuple[int, int, int, int] | None,
+    prep: Preprocessing,
+    background: int,
+    invert: bool,
+) -> np.ndarray:
+    """Cut `image` (L or RGB; `data`: its bytes, when already read) to `box` and resize it to
+    the model's input size; with fit='pad' the aspect ratio is kept and the rest of the input
+    is filled with the background colour (on a canvas a few times the target). The answer is
+    float32 (height, width, channels), 255 - each value when `invert`.
     """
-    height, width = pixels.shape[:2]
-    if prep.fit == "pad" and width * prep.height != height * prep.width:
-        # Reduce first by the factor the resize below would use (its reducing_gap), so the
-        # padded canvas stays within a few times the target whatever the image's aspect.
-        factor = max(1, int(max(width / prep.width, height / prep.height) / _REDUCING_GAP))
-        while _canvas_pixels(width // factor, height // factor, prep) > max(
-            WORKING_PIXELS, 4 * prep.width * prep.height
-        ):
-            factor += 1
-        if factor > 1:
-            pixels = _array(Image.fromarray(pixels, mode).reduce(factor))
-            height, width = pixels.shape[:2]
-        scale = max(width / prep.width, height / prep.height)
-        canvas_width = max(width, round(prep.width * scale))
-        canvas_height = max(height, round(prep.height * scale))
-        canvas = np.full(
-            (canvas_height, canvas_width, *pixels.shape[2:]), round(background), np.uint8
+    mode, size = image.mode, image.size
+    channels = 1 if mode == "L" else 3
+    left, top, right, bottom = box or (0, 0, *size)
+    width, height = right - left, bottom - top
+    pad = prep.fit == "pad" and width * prep.height != height * prep.width
+    factor = _pad_reduction(width, height, prep) if pad else 1
+    canvas: _Pixels
+    if factor == 1 and size[0] <= _SMALL_SIDE and size[1] <= _SMALL_SIDE:
+        canvas_size = _padded_size(width, height, prep) if pad else (width, height)
+        if data is None:
+            data = image.tobytes()
+        canvas = _pad_bytes(
+            data, size[0], channels, (left, top, right, bottom), canvas_size, background
         )
-        top, left = (canvas_height - height) // 2, (canvas_width - width) // 2
-        canvas[top : top + height, left : left + width] = pixels
-        pixels = canvas
-        height, width = pixels.shape[:2]
-    if (width, height) != (prep.width, prep.height):
-        image = Image.fromarray(pixels, mode).resize(
+    else:
+        pixels = _array(image, data)[top:bottom, left:right]
+        if factor > 1:
+            contiguous = np.ascontiguousarray(pixels)
+            pixels = _array(_image(contiguous, mode, (width, height)).reduce(factor))
+            height, width = pixels.shape[:2]
+        canvas_size = _padded_size(width, height, prep) if pad else (width, height)
+        if canvas_size == (width, height):
+            canvas = np.ascontiguousarray(pixels)
+        else:
+            canvas_width, canvas_height = canvas_size
+            canvas = np.full((canvas_height, canvas_width, channels), background, np.uint8)
+            top, left = (canvas_height - height) // 2, (canvas_width - width) // 2
+            canvas[top : top + height, left : left + width] = pixels
+    if canvas_size != (prep.width, prep.height):
+        resized = _image(canvas, mode, canvas_size).resize(
             (prep.width, prep.height), Image.Resampling.BILINEAR, reducing_gap=_REDUCING_GAP
         )
-        pixels = _array(image)
-    array = pixels.astype(np.float32)  # a writable copy
-    if array.ndim == 2:
-        array = array[..., np.newaxis]
-    return array
+        canvas = resized.tobytes()
+    if invert:
+        canvas = bytes(canvas).translate(_INVERTED)
+    array = np.frombuffer(canvas, np.uint8).astype(np.float32)  # a writable copy
+    return array.reshape(prep.height, prep.width, channels)
+
+
+_INVERTED = bytes(range(255, -1, -1))
+
+
+def _pad_bytes(
+    data: bytes,
+    image_width: int,
+    channels: int,
+    box: tuple[int, int, int, int],
+    canvas_size: tuple[int, int],
+    background: int,
+) -> _Pixels:
+    """The `box` (left, top, right, bottom) of an image `image_width` pixels wide (`data`, its
+    bytes), centred on a canvas of `canvas_size` filled with `background`, as bytes: slices of
+    rows, for small images."""
+    left, top, right, bottom = box
+    stride, row, height = image_width * channels, (right - left) * channels, bottom - top
+    canvas_width, canvas_height = canvas_size
+    canvas_row = canvas_width * channels
+    start = top * stride + left * channels
+    if row == stride == canvas_row and height == canvas_height:
+        return data[start : start + height * stride]  # whole rows, nothing to pad
+    canvas = bytearray(bytes((background,)) * (canvas_row * canvas_height))
+    at = (canvas_height - height) // 2 * canvas_row
+    at += (canvas_width - (right - left)) // 2 * channels
+    if row == stride == canvas_row:  # whole rows, padded above and below
+        canvas[at : at + height * row] = data[start : start + height * row]
+        return canvas
+    for _ in range(height):
+        canvas[at : at + row] = data[start : start + row]
+        start += stride
+        at += canvas_row
+    return canvas

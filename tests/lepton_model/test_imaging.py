@@ -629,3 +629,49 @@ def test_a_one_pixel_high_strip_of_content_is_padded_not_stretched() -> None:
     assert 1 <= rows_with_ink.size <= 2
     assert (array[rows_with_ink].min(axis=1) > 10).all()  # across the whole width
     assert abs(int(rows_with_ink.mean()) - 14) <= 1
+
+
+# -- small images: cut and padded on their bytes ------------------------------------------------
+
+
+def _small_images() -> list[bytes]:
+    rng = np.random.default_rng(5)
+    images = [
+        _digit_on_canvas(40, 30),
+        _digit_on_canvas(64, 20, offset=(1, 40)),
+        encode_image(Image.new("L", (50, 30), 0), "PNG"),
+        encode_image(Image.fromarray(rng.integers(0, 256, (1, 37), dtype=np.uint8)), "PNG"),
+        encode_image(Image.fromarray(rng.integers(0, 256, (23, 1), dtype=np.uint8)), "PNG"),
+    ]
+    for size, background in (((29, 17), 0), ((17, 29), 255), ((64, 64), 230), ((7, 60), 20)):
+        pixels = np.full((size[1], size[0], 3), background, dtype=np.uint8)
+        pixels[size[1] // 4 : size[1] // 2, size[0] // 3 : size[0] - 2] = (255 - background, 9, 99)
+        images.append(encode_image(Image.fromarray(pixels), "PNG"))
+    return images
+
+
+@pytest.mark.parametrize(
+    "preprocessing",
+    [
+        Preprocessing(),
+        Preprocessing(height=20, width=32, channels=3, background="light"),
+        Preprocessing(height=64, width=64, background="keep", fit="stretch", crop=False),
+        Preprocessing(height=8, width=8, channels=3, crop=False),
+    ],
+    ids=["28x28x1", "20x32x3-light", "64x64x1-stretch", "8x8x3"],
+)
+def test_small_images_decode_as_the_general_path_decodes_them(
+    preprocessing: Preprocessing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Images up to _SMALL_SIDE pixels a side are cropped and padded in Python on their bytes
+    (and their border sorted in Python): the numpy path of larger images gives the same input."""
+    from lepton_model import imaging
+
+    images = _small_images()
+    small = [decode_image(data, preprocessing) for data in images]
+    monkeypatch.setattr(imaging, "_SMALL_SIDE", 0)
+    monkeypatch.setattr(imaging, "_SORT_IN_PYTHON", 0)
+    general = [decode_image(data, preprocessing) for data in images]
+
+    for fast, slow in zip(small, general, strict=True):
+        assert fast.dtype == slow.dtype and np.array_equal(fast, slow)
