@@ -376,27 +376,8 @@ def _composite_alpha(image: Image.Image) -> Image.Image:
     return Image.fromarray(flat.astype(np.uint8), mode="RGB")
 
 
-def _array(image: Image.Image, data: bytes | None = None) -> np.ndarray:
-    """An L or RGB image's pixels (`data`: its bytes, when already read) as a read-only uint8
-    array of shape (height, width, channels), without numpy's array-interface round trip
-    (which costs more than the copy for small images)."""
-    width, height = image.size
-    channels = 1 if image.mode == "L" else 3
-    pixels = np.frombuffer(image.tobytes() if data is None else data, np.uint8)
-    return pixels.reshape(height, width, channels)
-
-
-# Contiguous pixel bytes, row by row: what `_image` and np.frombuffer read without a copy.
-_Pixels = bytes | bytearray | np.ndarray
-
-
-def _image(pixels: _Pixels, mode: str, size: tuple[int, int]) -> Image.Image:
-    """An L or RGB Pillow image over contiguous pixel bytes (a buffer: not copied)."""
-    return Image.frombuffer(mode, size, pixels, "raw", mode, 0, 1)
-
-
-# Images at most this many pixels wide and high are cropped and padded in Python, on their
-# bytes: a few slices cost less than the numpy calls that do the same on a large image.
+# In images at most this many pixels wide and high, the content's columns are found in Python,
+# on their bytes: a few slices cost less than the numpy calls that do it for a large image.
 _SMALL_SIDE = 64
 # Up to this many values, Python sorts the border's ring faster than numpy is called.
 _SORT_IN_PYTHON = 256
@@ -492,75 +473,73 @@ def _fit(
     the model's input size; with fit='pad' the aspect ratio is kept and the rest of the input
     is filled with the background colour (on a canvas a few times the target). The answer is
     float32 (height, width, channels), 255 - each value when `invert`.
+
+    The pixels stay bytes until the end (row slices cut and pad them), so a small image costs
+    a few slices and one conversion to float32 instead of a numpy call per step.
     """
-    mode, size = image.mode, image.size
+    mode, (stride, _) = image.mode, image.size
     channels = 1 if mode == "L" else 3
-    left, top, right, bottom = box or (0, 0, *size)
+    stride *= channels  # bytes a row
+    if data is None:
+        data = image.tobytes()
+    left, top, right, bottom = box or (0, 0, *image.size)
     width, height = right - left, bottom - top
-    pad = prep.fit == "pad" and width * prep.height != height * prep.width
-    factor = _pad_reduction(width, height, prep) if pad else 1
-    canvas: _Pixels
-    if factor == 1 and size[0] <= _SMALL_SIDE and size[1] <= _SMALL_SIDE:
-        canvas_size = _padded_size(width, height, prep) if pad else (width, height)
-        if data is None:
-            data = image.tobytes()
-        canvas = _pad_bytes(
-            data, size[0], channels, (left, top, right, bottom), canvas_size, background
-        )
-    else:
-        pixels = _array(image, data)[top:bottom, left:right]
+    piece = (left * channels, top, right * channels, bottom)
+    size = (width, height)
+    if prep.fit == "pad" and width * prep.height != height * prep.width:
+        factor = _pad_reduction(width, height, prep)
         if factor > 1:
-            contiguous = np.ascontiguousarray(pixels)
-            pixels = _array(_image(contiguous, mode, (width, height)).reduce(factor))
-            height, width = pixels.shape[:2]
-        canvas_size = _padded_size(width, height, prep) if pad else (width, height)
-        if canvas_size == (width, height):
-            canvas = np.ascontiguousarray(pixels)
-        else:
-            canvas_width, canvas_height = canvas_size
-            canvas = np.full((canvas_height, canvas_width, channels), background, np.uint8)
-            top, left = (canvas_height - height) // 2, (canvas_width - width) // 2
-            canvas[top : top + height, left : left + width] = pixels
-    if canvas_size != (prep.width, prep.height):
-        resized = _image(canvas, mode, canvas_size).resize(
+            cut = _place(data, stride, piece, width * channels, height, 0, 0)
+            reduced = _image(cut, mode, size).reduce(factor)
+            data, (width, height) = reduced.tobytes(), reduced.size
+            stride, piece = width * channels, (0, 0, width * channels, height)
+        size = _padded_size(width, height, prep)
+        at = (size[1] - height) // 2 * size[0] + (size[0] - width) // 2  # in pixels
+        pixels = _place(data, stride, piece, size[0] * channels, size[1], at * channels, background)
+    else:
+        pixels = _place(data, stride, piece, width * channels, height, 0, 0)
+    if size != (prep.width, prep.height):
+        resized = _image(pixels, mode, size).resize(
             (prep.width, prep.height), Image.Resampling.BILINEAR, reducing_gap=_REDUCING_GAP
         )
-        canvas = resized.tobytes()
+        pixels = resized.tobytes()
     if invert:
-        canvas = bytes(canvas).translate(_INVERTED)
-    array = np.frombuffer(canvas, np.uint8).astype(np.float32)  # a writable copy
+        pixels = pixels.translate(_INVERTED)
+    array = np.frombuffer(pixels, np.uint8).astype(np.float32)  # a writable copy
     return array.reshape(prep.height, prep.width, channels)
 
 
-_INVERTED = bytes(range(255, -1, -1))
-
-
-def _pad_bytes(
+def _place(
     data: bytes,
-    image_width: int,
-    channels: int,
-    box: tuple[int, int, int, int],
-    canvas_size: tuple[int, int],
+    stride: int,
+    piece: tuple[int, int, int, int],
+    canvas_row: int,
+    canvas_height: int,
+    at: int,
     background: int,
-) -> _Pixels:
-    """The `box` (left, top, right, bottom) of an image `image_width` pixels wide (`data`, its
-    bytes), centred on a canvas of `canvas_size` filled with `background`, as bytes: slices of
-    rows, for small images."""
-    left, top, right, bottom = box
-    stride, row, height = image_width * channels, (right - left) * channels, bottom - top
-    canvas_width, canvas_height = canvas_size
-    canvas_row = canvas_width * channels
-    start = top * stride + left * channels
-    if row == stride == canvas_row and height == canvas_height:
-        return data[start : start + height * stride]  # whole rows, nothing to pad
-    canvas = bytearray(bytes((background,)) * (canvas_row * canvas_height))
-    at = (canvas_height - height) // 2 * canvas_row
-    at += (canvas_width - (right - left)) // 2 * channels
-    if row == stride == canvas_row:  # whole rows, padded above and below
-        canvas[at : at + height * row] = data[start : start + height * row]
-        return canvas
-    for _ in range(height):
-        canvas[at : at + row] = data[start : start + row]
-        start += stride
-        at += canvas_row
-    return canvas
+) -> bytes:
+    """The `piece` (left, top, right, bottom, in bytes of a row and rows) of an image whose
+    rows are `stride` bytes (`data`), placed on a canvas of `canvas_height` rows of
+    `canvas_row` bytes at byte `at`, the rest filled with `background`. With a canvas the size
+    of the piece (`at` 0) this is the cut piece itself."""
+    left, top, right, bottom = piece
+    row = right - left
+    fill = bytes((background,))
+    after = canvas_row * canvas_height - at - (bottom - top - 1) * canvas_row - row
+    if row == stride == canvas_row:  # whole rows, one slice
+        pixels = data[top * stride : bottom * stride]
+    else:
+        rows = [
+            data[start : start + row]
+            for start in range(top * stride + left, bottom * stride, stride)
+        ]
+        pixels = (fill * (canvas_row - row)).join(rows)
+    return b"".join((fill * at, pixels, fill * after)) if at or after else pixels
+
+
+def _image(pixels: bytes, mode: str, size: tuple[int, int]) -> Image.Image:
+    """An L or RGB Pillow image over pixel bytes (without a copy)."""
+    return Image.frombuffer(mode, size, pixels, "raw", mode, 0, 1)
+
+
+_INVERTED = bytes(range(255, -1, -1))

@@ -631,7 +631,7 @@ def test_a_one_pixel_high_strip_of_content_is_padded_not_stretched() -> None:
     assert abs(int(rows_with_ink.mean()) - 14) <= 1
 
 
-# -- small images: cut and padded on their bytes ------------------------------------------------
+# -- small images: border and content box found in Python --------------------------------------
 
 
 def _small_images() -> list[bytes]:
@@ -663,8 +663,8 @@ def _small_images() -> list[bytes]:
 def test_small_images_decode_as_the_general_path_decodes_them(
     preprocessing: Preprocessing, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Images up to _SMALL_SIDE pixels a side are cropped and padded in Python on their bytes
-    (and their border sorted in Python): the numpy path of larger images gives the same input."""
+    """In images up to _SMALL_SIDE pixels a side the content's columns are found, and the
+    border's median sorted, in Python: the numpy calls that do it for larger images agree."""
     from lepton_model import imaging
 
     images = _small_images()
