@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 from lepton_runtime.errors import ConfigurationError
-from lepton_runtime.logs import configure
 from lepton_runtime.settings import Settings
 
 JOBSINK_EVENT_FILE = "/etc/jobsink-event/event"  # where JobSink mounts the event
@@ -26,14 +25,22 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
-def function_settings() -> Settings:
-    """Settings from the environment, logging configured; SystemExit(2) when invalid."""
+def function_settings(log: bool = True) -> Settings:
+    """Settings from the environment, logging configured (unless `log` is False);
+    SystemExit(2) when invalid."""
     try:
         settings = Settings.from_env()
     except ConfigurationError as exc:
         raise SystemExit(_fail(f"configuration error: {exc}")) from exc
-    configure(settings.log_level)
+    if log:
+        configure_logging(settings)
     return settings
+
+
+def configure_logging(settings: Settings) -> None:
+    from lepton_runtime.logs import configure
+
+    configure(settings.log_level)
 
 
 def function_dir(settings: Settings, role: str) -> Path:
@@ -45,8 +52,8 @@ def function_dir(settings: Settings, role: str) -> Path:
 def serve(role: str, directory: str | None = None) -> int:
     from lepton_runtime.http.processes import quiet_collector
 
-    quiet_collector()  # until the server has loaded (it calls settle_heap)
-    settings = function_settings()
+    quiet_collector()  # until the server has loaded (it calls settle_heap); the prefetch too
+    settings = function_settings(log=False)
     folder = Path(directory) if directory else function_dir(settings, role)
     if not (folder / "func.py").exists():
         return _fail(f"{folder}/func.py not found; pass --function-dir")
@@ -54,7 +61,9 @@ def serve(role: str, directory: str | None = None) -> int:
     if role == "infer":  # fetch the model on the other core while this one imports the server
         from lepton_runtime.inference.prefetch import Prefetch
 
+        # As early as can be: the child's boto3 import and S3 reads are a start's longest path.
         prefetch = Prefetch.start(settings)
+    configure_logging(settings)
     try:
         from lepton_runtime.http.workers import serve as serve_workers
 

@@ -123,7 +123,7 @@ def test_only_the_inference_role_prefetches_its_model(
     monkeypatch.setattr(
         workers, "serve", lambda folder, settings, prefetch=None: handed.append(prefetch)
     )
-    monkeypatch.setattr(entry, "configure", lambda level: None)
+    monkeypatch.setattr(entry, "configure_logging", lambda settings: None)
     monkeypatch.setattr(processes, "quiet_collector", lambda: None)  # keep this process's gc
     monkeypatch.setenv("LEPTON_EVENT_AUTH", "off")
 
