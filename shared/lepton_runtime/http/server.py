@@ -225,7 +225,8 @@ class FunctionApp:
                 return 413
             if body is None:
                 return 499  # the client went away
-            if self.direct is not None and not _may_hold_cloudevent(headers):
+            cloudevent = _may_hold_cloudevent(headers)
+            if self.direct is not None and not cloudevent:
                 answer = self.direct(
                     scope["method"], scope["path"], scope["query_string"], headers, body
                 )
@@ -236,7 +237,7 @@ class FunctionApp:
 
             request = self._request(scope, headers, body)
             context = Context(request)
-            if _may_hold_cloudevent(headers):
+            if cloudevent:
                 try:
                     context.cloud_event = event_from_http(request.headers, body)
                 except Exception:  # not a CloudEvent after all: main sees the plain request

@@ -47,8 +47,6 @@ class Prefetched:
 def prefetch(settings: Settings) -> Prefetched | None:
     """Fetch the default model's version (the pin, else what latest.json names) into the cache;
     None when nothing is published. Raises what storage or the metadata check raise."""
-    from lepton_model.artifacts import ModelMetadata
-    from lepton_model.errors import ArtifactError
     from lepton_runtime.models.store import ModelCache, ModelStore
     from lepton_runtime.storage import Storage
 
@@ -61,12 +59,7 @@ def prefetch(settings: Settings) -> Prefetched | None:
             return None
         version = pointer.version
     raw = store.metadata(name, version)
-    metadata = ModelMetadata.from_dict(raw)
-    if metadata.version != version:
-        raise ArtifactError(f"{name}/{version}/metadata.json names version {metadata.version!r}")
-    cache = ModelCache(settings.model_cache_dir)
-    cache.fetch_for_runtime(store, metadata, settings.runtime)
-    cache.put_metadata(name, version, raw)
+    ModelCache(settings.model_cache_dir).fetch_version(store, name, version, raw, settings.runtime)
     return Prefetched(name, version, raw)
 
 

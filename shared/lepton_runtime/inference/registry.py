@@ -22,7 +22,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lepton_model.artifacts import ModelMetadata
 from lepton_model.classifier import Classifier, load_classifier
 from lepton_model.errors import ArtifactError, LeptonModelError
 from lepton_runtime.errors import LeptonError, ModelNotReadyError
@@ -153,14 +152,9 @@ class ModelRegistry:
         fetched into the verified cache, then the classifier."""
         if raw is None:
             raw = self.store.metadata(self.name, version)
-        metadata = ModelMetadata.from_dict(raw)
-        if metadata.version != version:
-            raise ArtifactError(
-                f"{self.name}/{version}/metadata.json names version {metadata.version!r}: the "
-                "version was published incompletely or by hand"
-            )
-        runtime, _ = self.cache.fetch_for_runtime(self.store, metadata, self._settings.runtime)
-        self.cache.put_metadata(self.name, version, raw)
+        runtime = self.cache.fetch_version(
+            self.store, self.name, version, raw, self._settings.runtime
+        )
         folder = self.cache.folder(self.name, version)
         classifier = self._loader(folder, runtime, self._settings.top_k)
         if classifier.version != version:

@@ -412,6 +412,22 @@ class ModelCache:
             self.fetch(store, metadata, filename)
         return runtime, filename
 
+    def fetch_version(
+        self, store: ModelStore, name: str, version: str, raw: dict[str, Any], wanted: str
+    ) -> str:
+        """Bring `version` of `name` whole into the cache from its metadata.json (`raw`): the
+        metadata checked, what runtime `wanted` needs fetched and verified, metadata.json
+        written beside it; returns the runtime to load it with."""
+        metadata = ModelMetadata.from_dict(raw)
+        if metadata.version != version:
+            raise ArtifactError(
+                f"{name}/{version}/metadata.json names version {metadata.version!r}: the "
+                "version was published incompletely or by hand"
+            )
+        runtime, _ = self.fetch_for_runtime(store, metadata, wanted)
+        self.put_metadata(name, version, raw)
+        return runtime
+
     def put_metadata(self, name: str, version: str, raw: dict[str, Any]) -> Path:
         """Write a version's metadata.json (as read from the store) beside its files."""
         path = self.folder(name, version) / METADATA_FILE
