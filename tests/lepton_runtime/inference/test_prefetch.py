@@ -49,6 +49,16 @@ def settings_for(tmp_path: Path, **env: str) -> Settings:
     return Settings.from_env({"LEPTON_MODEL_CACHE_DIR": str(tmp_path / "cache"), **env})
 
 
+@pytest.fixture
+def prefetched(s3, publish, tmp_path: Path) -> tuple[Settings, Prefetched]:
+    """v1 published and prefetched into tmp_path's cache: the settings and the handoff."""
+    publish("v1")
+    settings = settings_for(tmp_path)
+    found = prefetch(settings)
+    assert found is not None
+    return settings, found
+
+
 def registry_with(settings: Settings, client: Any) -> ModelRegistry:
     return ModelRegistry(settings, ModelStore(Storage(client), settings.models))
 
@@ -110,11 +120,8 @@ def test_prefetch_finds_nothing_before_a_model_is_published(s3, tmp_path) -> Non
 # --- the handoff --------------------------------------------------------------------------------
 
 
-def test_the_first_load_from_a_handoff_makes_no_s3_request(s3, publish, tmp_path) -> None:
-    publish("v1")
-    settings = settings_for(tmp_path)
-    found = prefetch(settings)
-    assert found is not None
+def test_the_first_load_from_a_handoff_makes_no_s3_request(prefetched, s3) -> None:
+    settings, found = prefetched
     client = CountingClient(s3)
     registry = registry_with(settings, client)
 
@@ -126,11 +133,8 @@ def test_the_first_load_from_a_handoff_makes_no_s3_request(s3, publish, tmp_path
     assert registry.require().predictor.runtime == "litert"
 
 
-def test_a_handoff_needs_no_boto3_client_at_all(s3, publish, tmp_path) -> None:
-    publish("v1")
-    settings = settings_for(tmp_path)
-    found = prefetch(settings)
-    assert found is not None
+def test_a_handoff_needs_no_boto3_client_at_all(prefetched) -> None:
+    settings, found = prefetched
     service = InferenceService(settings, Storage.from_settings(settings))
 
     assert service.registry.adopt(found)
@@ -140,11 +144,8 @@ def test_a_handoff_needs_no_boto3_client_at_all(s3, publish, tmp_path) -> None:
     assert not service.storage.client_made
 
 
-def test_a_stale_handoff_serves_the_first_load_only(s3, publish, tmp_path) -> None:
-    publish("v1")
-    settings = settings_for(tmp_path)
-    found = prefetch(settings)
-    assert found is not None
+def test_a_stale_handoff_serves_the_first_load_only(prefetched, s3, publish) -> None:
+    settings, found = prefetched
     publish("v2")  # published between the prefetch and the load
     client = CountingClient(s3)
     registry = registry_with(settings, client)
@@ -158,11 +159,8 @@ def test_a_stale_handoff_serves_the_first_load_only(s3, publish, tmp_path) -> No
     assert ("get_object", "digits/latest.json") in client.calls
 
 
-def test_a_handoff_artifact_is_verified_against_its_metadata(s3, publish, tmp_path) -> None:
-    publish("v1")
-    settings = settings_for(tmp_path)
-    found = prefetch(settings)
-    assert found is not None
+def test_a_handoff_artifact_is_verified_against_its_metadata(prefetched, s3, tmp_path) -> None:
+    settings, found = prefetched
     cached = tmp_path / "cache" / "digits" / "v1" / "model.tflite"
     cached.write_bytes(cached.read_bytes()[:-1] + b"\0")  # corrupted on disk since
     client = CountingClient(s3)
@@ -175,11 +173,8 @@ def test_a_handoff_artifact_is_verified_against_its_metadata(s3, publish, tmp_pa
     assert registry.require().version == "v1"
 
 
-def test_a_handoff_whose_load_fails_is_not_used_again(s3, publish, tmp_path) -> None:
-    publish("v1")
-    settings = settings_for(tmp_path)
-    found = prefetch(settings)
-    assert found is not None
+def test_a_handoff_whose_load_fails_is_not_used_again(prefetched, s3) -> None:
+    settings, found = prefetched
     registry = registry_with(settings, s3)
     registry.adopt(Prefetched("digits", "v1", {**found.metadata, "version": "v0"}))
 
@@ -320,11 +315,8 @@ def test_the_child_dies_with_a_supervisor_killed_with_sigkill(tmp_path) -> None:
             parent.kill()
 
 
-def test_a_dropped_handoff_is_not_used(s3, publish, tmp_path) -> None:
-    publish("v1")
-    settings = settings_for(tmp_path)
-    found = prefetch(settings)
-    assert found is not None
+def test_a_dropped_handoff_is_not_used(prefetched, s3) -> None:
+    settings, found = prefetched
     client = CountingClient(s3)
     registry = registry_with(settings, client)
     registry.adopt(found)

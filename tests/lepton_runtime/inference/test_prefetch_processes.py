@@ -10,6 +10,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -34,6 +35,18 @@ def _env(bucket: str, cache: Path, endpoint: str) -> dict[str, str]:
         "LEPTON_RUNTIME": "litert",
         "LEPTON_WORKERS": "2",
     }
+
+
+def _serve(
+    serve_function, bucket: str, proxy: FaultyS3Proxy, tmp_path: Path, **options: Any
+) -> tuple[Any, str]:
+    """`lepton-function serve infer` (2 workers) reading the models bucket through `proxy`."""
+    return serve_function(
+        FUNCTION_DIR,
+        _env(bucket, tmp_path / "cache", proxy.url),
+        module="lepton_runtime.entry",
+        **options,
+    )
 
 
 def _first_prediction(url: str, png: bytes, seconds: float = 60) -> dict:
@@ -72,11 +85,7 @@ def _gets(proxy: FaultyS3Proxy) -> list[str]:
 def test_the_first_prediction_needs_no_s3_request_from_the_workers(
     serve_function, models_bucket: str, proxy: FaultyS3Proxy, tmp_path: Path, digit_png
 ) -> None:
-    _, url = serve_function(
-        FUNCTION_DIR,
-        _env(models_bucket, tmp_path / "cache", proxy.url),
-        module="lepton_runtime.entry",
-    )
+    _, url = _serve(serve_function, models_bucket, proxy, tmp_path)
 
     answer = _first_prediction(url, digit_png[3])
 
@@ -92,11 +101,7 @@ def test_a_prefetch_that_fails_leaves_the_workers_to_load_through_s3(
 ) -> None:
     proxy.fail_gets("/latest.json", 3)  # every attempt of the prefetch's pointer read
 
-    _, url = serve_function(
-        FUNCTION_DIR,
-        _env(models_bucket, tmp_path / "cache", proxy.url),
-        module="lepton_runtime.entry",
-    )
+    _, url = _serve(serve_function, models_bucket, proxy, tmp_path)
     answer = _first_prediction(url, digit_png[7])
 
     assert answer["predictions"][0]["label"] == "7"
@@ -114,12 +119,7 @@ def test_a_replacement_worker_reads_latest_json_not_the_old_handoff(
 ) -> None:
     log = tmp_path / "server.log"
     with log.open("w") as output:
-        process, url = serve_function(
-            FUNCTION_DIR,
-            _env(models_bucket, tmp_path / "cache", proxy.url),
-            output=output,
-            module="lepton_runtime.entry",
-        )
+        process, url = _serve(serve_function, models_bucket, proxy, tmp_path, output=output)
     _first_prediction(url, digit_png[3])
     deadline = time.monotonic() + 30
     while len(_loads(log)) < 2 and time.monotonic() < deadline:  # both workers are serving
