@@ -124,7 +124,7 @@ def make_s3_client(settings: Settings) -> Any:
     if style != "auto":
         return boto3.client("s3", config=client_config(settings.s3, addressing_style=style))
     client = boto3.client("s3", config=client_config(settings.s3))
-    if _is_aws_endpoint(client.meta.endpoint_url):
+    if is_aws_endpoint(client.meta.endpoint_url):
         return client
     return boto3.client("s3", config=client_config(settings.s3, addressing_style="path"))
 
@@ -494,6 +494,6 @@ def _too_large(bucket: str, key: str, size: int | None, limit: int) -> ObjectToo
     return ObjectTooLargeError(f"s3://{bucket}/{key} is {size_text}; the limit is {limit} bytes")
 
 
-def _is_aws_endpoint(url: str | None) -> bool:
+def is_aws_endpoint(url: str | None) -> bool:
     host = urlsplit(url or "").hostname or ""
     return host.endswith(_AWS_HOST_SUFFIXES)

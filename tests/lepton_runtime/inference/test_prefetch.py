@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,31 @@ def test_prefetch_fetches_what_the_runtime_needs(s3, publish, tmp_path) -> None:
 
 def test_prefetch_finds_nothing_before_a_model_is_published(s3, tmp_path) -> None:
     assert prefetch(settings_for(tmp_path)) is None
+
+
+def test_prefetch_reads_a_configured_endpoint_without_a_boto3_client(
+    moto_endpoint: str, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Against MinIO or the local stack the child signs its three GETs with botocore's signer
+    (signed_gets.py): no boto3 client is made, and the cache is verified all the same."""
+    import boto3
+
+    bucket = f"prefetch-{uuid.uuid4().hex[:12]}"
+    client = boto3.client("s3")
+    client.create_bucket(Bucket=bucket)
+    for path in model_dir.iterdir():
+        client.put_object(Bucket=bucket, Key=f"digits/v1/{path.name}", Body=path.read_bytes())
+    client.put_object(Bucket=bucket, Key="digits/latest.json", Body=b'{"version": "v1"}')
+
+    def no_client(settings: Settings) -> Any:
+        raise AssertionError("the prefetch made a boto3 client")
+
+    monkeypatch.setattr("lepton_runtime.storage.make_s3_client", no_client)
+    found = prefetch(settings_for(tmp_path, LEPTON_MODELS_BUCKET=bucket))
+
+    assert found is not None and (found.name, found.version) == ("digits", "v1")
+    expected = found.metadata["artifacts"]["model.tflite"]
+    assert ModelCache(tmp_path / "cache").has("digits", "v1", "model.tflite", expected)
 
 
 # --- the handoff --------------------------------------------------------------------------------

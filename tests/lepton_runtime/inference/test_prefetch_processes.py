@@ -99,14 +99,16 @@ def test_the_first_prediction_needs_no_s3_request_from_the_workers(
 def test_a_prefetch_that_fails_leaves_the_workers_to_load_through_s3(
     serve_function, models_bucket: str, proxy: FaultyS3Proxy, tmp_path: Path, digit_png
 ) -> None:
-    proxy.fail_gets("/latest.json", 3)  # every attempt of the prefetch's pointer read
+    # The prefetch's pointer read (one attempt: its signed reads do not retry, see
+    # signed_gets.py); the workers, forked after it, read through boto3's client.
+    proxy.fail_gets("/latest.json", 1)
 
     _, url = _serve(serve_function, models_bucket, proxy, tmp_path)
     answer = _first_prediction(url, digit_png[7])
 
     assert answer["predictions"][0]["label"] == "7"
-    assert proxy.failed == {"/latest.json": 3}
-    assert _gets(proxy).count("latest.json") >= 3 + 2  # the workers each read it after
+    assert proxy.failed == {"/latest.json": 1}
+    assert _gets(proxy).count("latest.json") >= 1 + 2  # the workers each read it after
 
 
 def test_a_replacement_worker_reads_latest_json_not_the_old_handoff(
