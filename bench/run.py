@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import io
 import json
 import os
@@ -91,13 +92,38 @@ def process(command: list[str], env: dict[str, str] | None = None) -> Iterator[s
         yield proc
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(15)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        # A server's workers can outlive its parent by a moment: the next measurement starts
+        # once the whole group is gone, so no one's teardown runs on the cores of the next.
+        if not _group_gone(proc.pid, 15):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            _group_gone(proc.pid, 5)
         log.close()
+
+
+def _group_gone(pgid: int, timeout: float) -> bool:
+    """Wait until no process of group `pgid` runs (zombies do not count); False on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(_in_group(stat, pgid) for stat in Path("/proc").glob("[0-9]*/stat")):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _in_group(stat: Path, pgid: int) -> bool:
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    return fields[0] != "Z" and int(fields[2]) == pgid
 
 
 def rss_mb(pid: int) -> float:

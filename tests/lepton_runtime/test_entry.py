@@ -14,9 +14,9 @@ ROOT = Path(__file__).resolve().parents[2]
 DEV_ONLY = ("lepton_stack", "yaml", "jsonpatch", "isodate", "tqdm", "moto", "jsonschema")
 
 
-# What a request handed to main(context) (or an authenticated event) needs: never on the way
-# to the inference function's first prediction, imported in the background once it serves.
-LATER = ("flask", "werkzeug", "parliament", "jinja2", "jwt")
+# What a request handed to main(context) (or an event) needs: never on the way to the inference
+# function's first prediction, imported in the background once it serves.
+LATER = ("flask", "werkzeug", "parliament", "jinja2", "jwt", "cloudevents")
 _INFER = (
     "import lepton_runtime.entry, lepton_runtime.http.workers; "
     "import runpy; runpy.run_path('functions/infer/func.py')"
@@ -49,7 +49,7 @@ def test_what_ships_in_an_image_imports_nothing_of_the_dev_stack(code: str) -> N
     assert not loaded & set(DEV_ONLY)
 
 
-def test_the_inference_function_starts_without_flask_werkzeug_parliament_or_pyjwt() -> None:
+def test_the_inference_function_starts_without_what_only_main_or_events_need() -> None:
     assert not _modules_after(_INFER) & set(LATER)
 
 
@@ -68,7 +68,7 @@ def test_the_warm_up_imports_what_main_needs_in_the_background() -> None:
     loaded = _modules_after(
         "from lepton_runtime.http.server import warm_up; warm_up(delay=0).join(60)"
     )
-    assert {"flask", "werkzeug", "parliament"} <= loaded
+    assert {"flask", "werkzeug", "parliament", "cloudevents"} <= loaded
 
 
 def test_the_entry_point_parses_what_the_images_and_jobsink_run() -> None:

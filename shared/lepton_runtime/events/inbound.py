@@ -22,12 +22,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote_plus, unquote_plus
-
-from cloudevents.abstract import CloudEvent
-from cloudevents.exceptions import GenericException as CloudEventError
-from cloudevents.http import from_dict
 
 from lepton_runtime import jsonio
 from lepton_runtime.errors import (
@@ -38,6 +34,9 @@ from lepton_runtime.errors import (
 )
 from lepton_runtime.settings import FunctionRole, Settings
 from lepton_runtime.storage import normalise_etag
+
+if TYPE_CHECKING:  # the SDK is imported where an event is parsed: not by an image's request
+    from cloudevents.abstract import CloudEvent
 
 S3_EVENT_TYPE_PREFIX = "com.amazonaws.s3."
 # Knative's IntegrationSource (Apache Camel Kamelets underneath) has named its SQS events
@@ -138,6 +137,9 @@ def parse_json(body: Any) -> InboundEvent:
     """Parse a plain JSON body (already decoded) of any supported shape."""
     if isinstance(body, Mapping) and "specversion" in body:
         # A structured CloudEvent that arrived without the application/cloudevents+json type.
+        from cloudevents.exceptions import GenericException as CloudEventError
+        from cloudevents.http import from_dict
+
         try:
             event = from_dict(dict(body))
         # The SDK raises its own errors, and TypeError/ValueError/AttributeError for attribute

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, unquote_plus
 
-from cloudevents.abstract import CloudEvent as AnyCloudEvent
-from cloudevents.conversion import to_binary, to_structured
-from cloudevents.http import CloudEvent, from_http
-
 from lepton_runtime.events.inbound import S3_EVENT_TYPE_PREFIX, event_name
+
+# The cloudevents SDK (~12 ms) is imported where an event is made or parsed, not by a start or
+# an image's request; the server's warm-up imports it once serving.
+if TYPE_CHECKING:
+    from cloudevents.abstract import CloudEvent as AnyCloudEvent
+    from cloudevents.http import CloudEvent
 
 INFERENCE_COMPLETED = "ai.lepton.inference.completed"
 INFERENCE_FAILED = "ai.lepton.inference.failed"
@@ -61,6 +63,8 @@ def s3_object_event(
     if record.get("eventTime"):
         attributes["time"] = record["eventTime"]
     attributes.update(extensions or {})
+    from cloudevents.http import CloudEvent
+
     return CloudEvent(attributes, dict(record))
 
 
@@ -82,6 +86,8 @@ def reply_event(
     if event_id is not None:
         attributes["id"] = event_id
     attributes.update(extensions or {})
+    from cloudevents.http import CloudEvent
+
     return CloudEvent(attributes, data)
 
 
@@ -91,6 +97,8 @@ def binary_http(event: AnyCloudEvent) -> tuple[dict[str, str], bytes]:
     Attribute values are percent-encoded as the HTTP binding requires (a subject
     "images/cat 1.png" travels as "images/cat%201.png"; receivers decode it).
     """
+    from cloudevents.conversion import to_binary
+
     headers, body = to_binary(event)
     headers = {
         name: quote(value, safe=_HEADER_SAFE) if name.lower().startswith("ce-") else value
@@ -102,6 +110,8 @@ def binary_http(event: AnyCloudEvent) -> tuple[dict[str, str], bytes]:
 def event_from_http(headers: Mapping[str, str], body: bytes) -> CloudEvent:
     """Parse a CloudEvent from HTTP (binary, structured or batch-less), decoding the
     percent-encoded ce-* attribute values of binary mode, which the 1.x SDK leaves encoded."""
+    from cloudevents.http import CloudEvent, from_http
+
     event = from_http(dict(headers.items()), body)
     lowered = {name.lower() for name in headers.keys()}  # noqa: SIM118 - werkzeug Headers
     if "ce-specversion" not in lowered:
@@ -115,6 +125,8 @@ def event_from_http(headers: Mapping[str, str], body: bytes) -> CloudEvent:
 
 def structured_http(event: AnyCloudEvent) -> tuple[dict[str, str], bytes]:
     """HTTP headers and body of `event` in structured content mode (one JSON document)."""
+    from cloudevents.conversion import to_structured
+
     headers, body = to_structured(event)
     return headers, body if isinstance(body, bytes) else str(body).encode()
 

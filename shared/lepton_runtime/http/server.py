@@ -521,7 +521,14 @@ def load_function(function_dir: Path) -> Any:
 
 
 # What a request handed to main(context) needs, imported once the server is up (see warm_up).
-_LAZY_MODULES = ("flask", "werkzeug.wrappers", "parliament.server", "parliament.invocation")
+_LAZY_MODULES = (
+    "flask",
+    "werkzeug.wrappers",
+    "parliament.server",
+    "parliament.invocation",
+    "cloudevents.http",
+    "cloudevents.conversion",
+)
 
 
 def warm_up(modules: tuple[str, ...] = _LAZY_MODULES, delay: float = 0.5) -> threading.Thread:

@@ -11,11 +11,11 @@ body (in the route's protocol) and status from `protocol`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import metadata
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -89,14 +89,16 @@ _MAX_RESULT_BYTES = 1024 * 1024
 MODEL_PARAMETER = "model"
 
 
-def _package_version() -> str:
+@functools.cache
+def package_version() -> str:
+    """This package's version, for GET /v2 (V2 server metadata); looked up at the first ask
+    (importlib.metadata and the lookup cost a start ~15 ms)."""
+    from importlib import metadata
+
     try:
         return metadata.version("lepton-functions")
     except metadata.PackageNotFoundError:
         return "0"
-
-
-_VERSION = _package_version()  # GET /v2 (V2 server metadata)
 
 
 @dataclass(frozen=True)
@@ -318,7 +320,11 @@ class InferenceService:
         method = request.method
         if request.path.strip("/") == "v2" and method == "GET":
             return json_response(
-                {"name": "lepton-infer", "version": _VERSION, "extensions": ["binary_tensor_data"]}
+                {
+                    "name": "lepton-infer",
+                    "version": package_version(),
+                    "extensions": ["binary_tensor_data"],
+                }
             )
         route = _v2_route(request.path)
         if route is None:
