@@ -78,6 +78,12 @@ def test_ignored_configured_endpoints_mean_the_real_client(monkeypatch, moto_end
     assert SignedGets.from_settings(Settings.from_env({})) is None
 
 
+def test_no_credentials_mean_the_real_client(monkeypatch, moto_endpoint: str) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name)
+    assert SignedGets.from_settings(Settings.from_env({})) is None
+
+
 # --- what it reads -------------------------------------------------------------------------------
 
 
