@@ -53,8 +53,11 @@ def store(buckets: dict[str, str]) -> ModelStore:
 
 
 @pytest.fixture
-def start_replica(serve_function, buckets: dict[str, str], oidc) -> Callable[[], tuple[Any, str]]:
-    """Start one more training replica on the shared buckets."""
+def start_replicas(
+    serve_function, buckets: dict[str, str], oidc
+) -> Callable[[int], list[tuple[Any, str]]]:
+    """Start `count` more training replicas on the shared buckets, side by side (each start is
+    mostly TensorFlow's import in its own process), and wait until every one is ready."""
 
     def start() -> tuple[Any, str]:
         process, url = serve_function(
@@ -77,7 +80,11 @@ def start_replica(serve_function, buckets: dict[str, str], oidc) -> Callable[[],
             time.sleep(0.2)
         return process, url
 
-    return start
+    def start_many(count: int) -> list[tuple[Any, str]]:
+        with ThreadPoolExecutor(count) as pool:
+            return list(pool.map(lambda _: start(), range(count)))
+
+    return start_many
 
 
 def _ready(url: str) -> bool:
@@ -136,10 +143,10 @@ def _kill_tree(pid: int) -> None:
 
 
 def test_two_replicas_given_the_same_delivery_at_once_train_one_version(
-    start_replica, buckets: dict[str, str], store: ModelStore
+    start_replicas, buckets: dict[str, str], store: ModelStore
 ) -> None:
     dataset = _upload(buckets, "datasets/same.zip", _dataset(10))
-    replicas = [start_replica(), start_replica()]
+    replicas = start_replicas(2)
     request = {"dataset": dataset, "model": "same", "epochs": 3}
 
     with ThreadPoolExecutor(2) as pool:
@@ -152,12 +159,11 @@ def test_two_replicas_given_the_same_delivery_at_once_train_one_version(
 
 
 def test_a_run_whose_replica_was_killed_is_taken_over_by_the_redelivery(
-    start_replica, buckets: dict[str, str], store: ModelStore
+    start_replicas, buckets: dict[str, str], store: ModelStore
 ) -> None:
     dataset = _upload(buckets, "datasets/crash.zip", _dataset(60))
     request = {"dataset": dataset, "model": "crash", "epochs": 40, "patience": 40}
-    first, first_url = start_replica()
-    _, second_url = start_replica()
+    (first, first_url), (_, second_url) = start_replicas(2)
     threading.Thread(target=_post_until_killed, args=(first_url, request), daemon=True).start()
     crashed = _running_run(store, "crash", 60)
     time.sleep(1.0)  # well into its epochs
@@ -179,11 +185,11 @@ def test_a_run_whose_replica_was_killed_is_taken_over_by_the_redelivery(
 
 
 def test_a_training_that_started_earlier_and_finished_later_does_not_win_the_pointer(
-    start_replica, buckets: dict[str, str], store: ModelStore
+    start_replicas, buckets: dict[str, str], store: ModelStore
 ) -> None:
     slow_set = _upload(buckets, "datasets/slow.zip", _dataset(60))
     fast_set = _upload(buckets, "datasets/fast.zip", _dataset(10))
-    (_, slow_url), (_, fast_url) = start_replica(), start_replica()
+    (_, slow_url), (_, fast_url) = start_replicas(2)
     slow_request = {"dataset": slow_set, "model": "race", "epochs": 30, "patience": 30}
     with ThreadPoolExecutor(1) as pool:
         slow = pool.submit(_train, slow_url, slow_request)
