@@ -136,14 +136,16 @@ def test_a_replacement_worker_reads_latest_json_not_the_old_handoff(
     workers = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
     os.kill(int(workers[0]), signal.SIGKILL)  # the supervisor forks a replacement
 
+    # The replacement's own first load: the pointer's v2, not the v1 the supervisor's handoff
+    # named. (Its sibling keeps v1 until its next poll or a model-published event: readiness
+    # answers from either worker, the kernel choosing per connection.)
     deadline = time.monotonic() + 30
-    versions: set[str] = set()
-    while time.monotonic() < deadline and versions != {"v2"}:
-        versions = {_live_version(url) for _ in range(6)}
-        time.sleep(0.2)
-    assert versions == {"v2"}  # the replacement loaded v2 and told its sibling
-    assert _gets(proxy).count("latest.json") > reads
-    deadline = time.monotonic() + 10  # a line may follow the swap readiness already shows
-    while len(loads := _loads(log)) < 4 and time.monotonic() < deadline:
+    while len(loads := _loads(log)) < 3 and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert loads.count("v1") == 2 and loads[2] == "v2"
+    assert loads[:3] == ["v1", "v1", "v2"]
+    assert _gets(proxy).count("latest.json") > reads
+    seen: set[str | None] = set()
+    while "v2" not in seen and time.monotonic() < deadline:  # the replacement serves it
+        seen.add(_live_version(url))
+        time.sleep(0.05)
+    assert "v2" in seen
