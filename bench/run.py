@@ -118,12 +118,17 @@ def _group_gone(pgid: int, timeout: float) -> bool:
     return False
 
 
-def _in_group(stat: Path, pgid: int) -> bool:
+def _stat_fields(stat: Path) -> list[str] | None:
+    """/proc/<pid>/stat's fields after the command name (state first); None once it is gone."""
     try:
-        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return stat.read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return False
-    return fields[0] != "Z" and int(fields[2]) == pgid
+        return None
+
+
+def _in_group(stat: Path, pgid: int) -> bool:
+    fields = _stat_fields(stat)
+    return fields is not None and fields[0] != "Z" and int(fields[2]) == pgid
 
 
 def rss_mb(pid: int) -> float:
@@ -137,11 +142,9 @@ def process_tree(pid: int) -> list[int]:
     """A process and all its descendants (a server's workers, theirs too)."""
     parents: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        parents.setdefault(ppid, []).append(int(stat.parent.name))
+        fields = _stat_fields(stat)
+        if fields is not None:
+            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
     tree, queue = [], [pid]
     while queue:
         current = queue.pop()
@@ -163,11 +166,9 @@ def tree_cpu_seconds(pids: list[int]) -> float:
     """CPU time (user + system) the processes have used so far."""
     total = 0
     for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
+        fields = _stat_fields(Path(f"/proc/{pid}/stat"))
+        if fields is not None:
+            total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / _TICK
 
 

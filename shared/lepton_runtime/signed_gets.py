@@ -161,11 +161,12 @@ def _int_or_none(value: str | None) -> int | None:
 
 
 def _http_date(value: str | None) -> Any:
+    """Last-Modified as a datetime, parsed as botocore's client parses it."""
     if not value:
         return None
-    from email.utils import parsedate_to_datetime
+    from botocore.utils import parse_timestamp
 
     try:
-        return parsedate_to_datetime(value)
+        return parse_timestamp(value)
     except (TypeError, ValueError):
         return None
