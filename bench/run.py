@@ -481,7 +481,8 @@ def bench_peers(
     peers_root: Path,
 ) -> dict[str, Any]:
     """wrk against every route at c=1, 8 and 32; the servers take turns run by run, so a
-    disturbance on this shared machine falls on all of them alike. Besides throughput and
+    disturbance on this shared machine falls on all of them alike, in an order reversed every
+    other round, so no route always runs right after the same one. Besides throughput and
     latency, the CPU time each server's processes spent per answered request (less sensitive
     to other load on the machine than throughput)."""
     out: dict[str, Any] = {"workers": WORKERS, "routes": {}}
@@ -492,8 +493,8 @@ def bench_peers(
             wrk(target.url, target.body, 8, 1, target.content_type)  # warm-up
         for connections in CONCURRENCY:
             runs: dict[str, list[dict[str, float]]] = {t.key: [] for t in targets}
-            for _ in range(repeats):
-                for target in targets:
+            for round_index in range(repeats):
+                for target in targets if round_index % 2 == 0 else targets[::-1]:
                     before = tree_cpu_seconds(trees[target.key])
                     run = wrk(target.url, target.body, connections, seconds, target.content_type)
                     spent = tree_cpu_seconds(trees[target.key]) - before

@@ -75,10 +75,12 @@ class Classifier:
         return self.predictor.predict(batch)
 
     def predictions(self, probabilities: np.ndarray) -> list[Prediction]:
-        order = np.argsort(-probabilities, axis=1)[:, : self.top_k].tolist()
-        labels = self._labels
+        labels, k = self._labels, self.top_k
         results = []
-        for row, best in zip(probabilities.tolist(), order, strict=True):
+        for row in probabilities.tolist():
+            # Python's sort of a row of floats: a few µs less per image than numpy's argsort
+            # for the short rows a classifier has; ties keep the label order.
+            best = sorted(range(len(row)), key=row.__getitem__, reverse=True)[:k]
             top = tuple((labels[i], round(row[i], 6)) for i in best)
             results.append(Prediction(label=top[0][0], confidence=top[0][1], top_k=top))
         return results

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from lepton_model.artifacts import METADATA_FILE, ModelMetadata, read_metadata
@@ -68,6 +70,35 @@ def test_top_k_is_clamped_to_the_label_count(
     (prediction,) = classifier.classify(blank_batch(1))
 
     assert len(prediction.top_k) == expected
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    rows=st.lists(
+        st.lists(st.floats(0.0, 1.0, width=32, allow_subnormal=False), min_size=4, max_size=4),
+        min_size=1,
+        max_size=5,
+    ),
+    top_k=st.integers(1, 4),
+)
+def test_top_k_holds_each_rows_largest_confidences_in_order(
+    rows: list[list[float]], top_k: int, metadata: ModelMetadata
+) -> None:
+    batch = np.asarray(rows, dtype=np.float32)
+    classifier = Classifier(metadata, FixedPredictor(rows[0]), top_k=top_k)
+
+    predictions = classifier.predictions(batch)
+
+    assert len(predictions) == len(rows)
+    for row, prediction in zip(batch.tolist(), predictions, strict=True):
+        expected = sorted(row, reverse=True)[:top_k]
+        assert [conf for _, conf in prediction.top_k] == [round(v, 6) for v in expected]
+        for label, conf in prediction.top_k:
+            assert round(row[LABELS.index(label)], 6) == conf
+        assert len({label for label, _ in prediction.top_k}) == top_k
+        assert (prediction.label, prediction.confidence) == prediction.top_k[0]
 
 
 def test_one_prediction_per_image(metadata: ModelMetadata) -> None:
