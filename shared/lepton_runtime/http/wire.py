@@ -220,10 +220,11 @@ def v2_json_length(value: str | None, body_size: int) -> int | None:
 
 
 def parse_v2_infer(
-    payload: Any, binary: bytes, input_shape: Sequence[int], max_batch: int
+    payload: Any, binary: bytes | memoryview, input_shape: Sequence[int], max_batch: int
 ) -> V2Request:
     """A V2 inference request (its JSON `payload`, and the `binary` data that followed the JSON
-    when the binary tensor extension was used) into the model's one input."""
+    when the binary tensor extension was used: bytes, or a view of the body) into the model's
+    one input."""
     if not isinstance(payload, dict):
         raise BadRequestError('expected a JSON object with "inputs"')
     inputs = payload.get("inputs")
@@ -245,7 +246,7 @@ def parse_v2_infer(
             f"input {name!r}: datatype {datatype!r} is not one of BYTES, {', '.join(_V2_NUMERIC)}"
         )
     parameters = _parameters(tensor, f"input {name!r}")
-    raw: bytes | None = None
+    raw: bytes | memoryview | None = None
     if "binary_data_size" in parameters:
         size = parameters["binary_data_size"]
         if not isinstance(size, int) or isinstance(size, bool) or size != len(binary):
@@ -260,8 +261,9 @@ def parse_v2_infer(
         raise BadRequestError(f'input {name!r} has no "data"')
     count = math.prod(shape)
     if datatype == "BYTES":
-        inputs_out: ImagesInput | TensorInput = _v2_images(name, shape, raw, tensor.get("data"))
-        check_batch(len(inputs_out.images), max_batch)
+        inputs_out: ImagesInput | TensorInput = _v2_images(
+            name, shape, raw, tensor.get("data"), max_batch
+        )
     else:
         check_batch(shape[0] if shape else 0, max_batch)
         array = _v2_numbers(name, datatype, count, raw, tensor.get("data"))
@@ -311,44 +313,58 @@ def _binary_output(payload: dict[str, Any]) -> bool:
     return wanted
 
 
-def _v2_images(name: str, shape: list[int], raw: bytes | None, data: Any) -> ImagesInput:
-    """BYTES of shape [n] (or [n, 1]): one encoded image each."""
+def _v2_images(
+    name: str, shape: list[int], raw: bytes | memoryview | None, data: Any, max_batch: int
+) -> ImagesInput:
+    """BYTES of shape [n] (or [n, 1]): one encoded image each. The shape is held to the batch
+    limit before any element is split or decoded, and no more elements than it names are read:
+    a body of millions of empty elements costs nothing beyond its first `n`."""
     if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
         raise BadRequestError(
             f"input {name!r}: a BYTES input holds one encoded image per element, shape [n]; "
             f"got {shape}"
         )
-    elements = _split_bytes(name, raw) if raw is not None else _json_bytes(name, data)
-    if len(elements) != math.prod(shape):
-        raise BadRequestError(
-            f"input {name!r}: shape {shape} needs {math.prod(shape)} elements; got {len(elements)}"
-        )
+    count = shape[0]
+    check_batch(count, max_batch)
+    elements = _split_bytes(name, raw, count) if raw is not None else _json_bytes(name, data, count)
     return ImagesInput(tuple((str(i), element) for i, element in enumerate(elements)))
 
 
-def _split_bytes(name: str, raw: bytes) -> list[bytes]:
+def _element_count_error(name: str, count: int, got: str) -> BadRequestError:
+    plural = "" if count == 1 else "s"
+    return BadRequestError(f"input {name!r}: its shape names {count} element{plural}; got {got}")
+
+
+def _split_bytes(name: str, raw: bytes | memoryview, count: int) -> list[bytes]:
     """The binary layout of a BYTES tensor: each element a 4-byte little-endian length and
-    its bytes."""
+    its bytes; exactly `count` of them."""
     elements, offset = [], 0
     while offset < len(raw):
+        if len(elements) == count:
+            raise _element_count_error(name, count, "more")
         if offset + 4 > len(raw):
             raise BadRequestError(f"input {name!r}: BYTES data ends inside a length prefix")
         (size,) = struct.unpack_from("<I", raw, offset)
         offset += 4
         if offset + size > len(raw):
             raise BadRequestError(f"input {name!r}: a BYTES element runs past the data")
-        elements.append(raw[offset : offset + size])
+        elements.append(bytes(raw[offset : offset + size]))
         offset += size
+    if len(elements) != count:
+        raise _element_count_error(name, count, str(len(elements)))
     return elements
 
 
-def _json_bytes(name: str, data: Any) -> list[bytes]:
+def _json_bytes(name: str, data: Any, count: int) -> list[bytes]:
     """BYTES elements in JSON: strings, which for images means base64 (JSON cannot carry raw
-    bytes; KServe's and MLServer's clients send images so)."""
+    bytes; KServe's and MLServer's clients send images so); exactly `count` of them, counted
+    before any is decoded."""
     if isinstance(data, list) and len(data) == 1 and isinstance(data[0], list):
         data = data[0]  # [n, 1] written nested
     if not isinstance(data, list) or not all(isinstance(item, str) for item in data):
         raise BadRequestError(f'input {name!r}: BYTES "data" must be a list of base64 strings')
+    if len(data) != count:
+        raise _element_count_error(name, count, str(len(data)))
     elements = []
     for index, item in enumerate(data):
         try:
@@ -363,7 +379,9 @@ def _json_bytes(name: str, data: Any) -> list[bytes]:
     return elements
 
 
-def _v2_numbers(name: str, datatype: str, count: int, raw: bytes | None, data: Any) -> np.ndarray:
+def _v2_numbers(
+    name: str, datatype: str, count: int, raw: bytes | memoryview | None, data: Any
+) -> np.ndarray:
     """A numeric tensor's `count` values, flat, from binary data or JSON (flat or nested)."""
     if raw is not None:
         dtype = np.dtype(_V2_NUMERIC[datatype])

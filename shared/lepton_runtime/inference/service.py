@@ -365,13 +365,11 @@ class InferenceService:
     ) -> Answer:
         classifier = self._require(name, version)
         json_length = wire.v2_json_length(json_length_header, len(body))
+        # The binary part is read through a view: the tensor data is not copied out of the body.
         header, binary = (
             (body, b"")
             if json_length is None
-            else (
-                body[:json_length],
-                body[json_length:],
-            )
+            else (body[:json_length], memoryview(body)[json_length:])
         )
         parsed = wire.parse_v2_infer(
             self._json(header), binary, classifier.input_shape, self.settings.max_batch_images

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -135,6 +136,41 @@ def test_ten_thousand_instances_are_refused_before_decoding(served) -> None:
         headers={"Content-Type": "application/json"},
     )
     assert "images in one request" in _assert_json_error(response, 413, seconds)["message"]
+
+
+@pytest.mark.parametrize("declared", ["one", "all"])
+def test_a_v2_bytes_tensor_of_millions_of_elements_is_refused_before_splitting(
+    served, declared: str
+) -> None:
+    """The binary tensor extension: ~5.6 million two-byte elements in one body. Split whole,
+    they cost ~300 MB of bytes objects and seconds of the event loop; the shape is held to the
+    batch limit first and no more elements than it names are read."""
+    element = struct.pack("<I", 2) + b"xy"
+    raw = element * ((MAX_BODY - 4096) // len(element))
+    count = 1 if declared == "one" else len(raw) // len(element)
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [count],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ]
+        }
+    ).encode()
+    response, seconds = _timed_post(
+        served["url"] + "/v2/models/digits/infer",
+        data=header + raw,
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(len(header)),
+        },
+    )
+    assert seconds < ANSWER_SECONDS
+    expected = (400, "bad_request") if declared == "one" else (413, "payload_too_large")
+    assert (response.status_code, response.json()["code"]) == expected, response.text[:300]
 
 
 def test_a_form_of_thousands_of_parts_is_refused(served) -> None:

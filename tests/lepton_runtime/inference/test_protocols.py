@@ -238,6 +238,11 @@ def test_v2_binary_extension_fp32_in(client, service, digit_png) -> None:
             "bad_request",
         ),
         (
+            {"inputs": [{"name": "a", "shape": [1], "datatype": "BYTES", "data": [b64(b"x")] * 2}]},
+            400,
+            "bad_request",
+        ),
+        (
             {"inputs": [{"name": "a", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]},
             400,
             "bad_request",
@@ -287,6 +292,24 @@ def test_v2_binary_sizes_that_disagree_are_400(client, digit_png) -> None:
         binary_request(header, raw, client, **{"Inference-Header-Content-Length": "x"}).status_code
         == 400
     )
+
+
+def test_v2_binary_elements_beyond_the_shape_are_400(client, digit_png) -> None:
+    element = struct.pack("<I", len(digit_png[1])) + digit_png[1]
+    raw = element * 2
+    header = {
+        "inputs": [
+            {
+                "name": "i",
+                "shape": [1],
+                "datatype": "BYTES",
+                "parameters": {"binary_data_size": len(raw)},
+            }
+        ]
+    }
+    response = binary_request(header, raw, client)
+    assert (response.status_code, v2_error(response)) == (400, "bad_request")
+    assert "its shape names 1 element; got more" in response.get_json()["error"]
 
 
 def test_v2_infer_before_any_model_is_a_retryable_503(
