@@ -7,7 +7,7 @@ EXTRAS ?= infer,train,dev
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 comma := ,
 
-.PHONY: install test test-fast lint format run bench images deploy clean
+.PHONY: install kserve-client test test-fast lint format run bench images deploy clean
 
 install: $(STAMP)
 
@@ -17,7 +17,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
 	@touch $@
 
-test: install
+# KServe's own client, for the drop-in tests against it (tests/lepton_runtime/inference/
+# test_clients.py): it comes with the whole kserve package, so it lives in the virtualenv the
+# bench's KServe peer uses (~/.cache/lepton-bench/peers/kserve; bench/peers.py), not in .venv.
+kserve-client: install
+	$(BIN)/python bench/peers.py kserve
+
+test: install kserve-client
 	$(BIN)/python -m pytest
 
 # Everything but the slow end-to-end tests.

@@ -5,6 +5,9 @@ function. Neither is a dependency of the project: the bench creates a virtualenv
 use (default ~/.cache/lepton-bench/peers/<name>, kept between runs and re-created when its
 requirements change), installs the peer with pip and runs a minimal custom predictor of ours in
 it (bench/kserve_predictor.py, bench/mlserver_runtime.py) on the same model.tflite.
+
+`python bench/peers.py kserve` installs one ahead of time: `make test` does so for KServe, whose
+own client the drop-in tests run (tests/lepton_runtime/inference/test_clients.py).
 """
 
 from __future__ import annotations
@@ -147,3 +150,20 @@ def mlserver_command(
         )
     )
     return [str(python.parent / "mlserver"), "start", str(folder)]
+
+
+PEERS = {peer.name: peer for peer in (KSERVE, MLSERVER)}
+
+
+def main(argv: list[str]) -> int:
+    """Install the named peers (all by default); 1 when one cannot be installed here."""
+    names = argv or list(PEERS)
+    if unknown := [name for name in names if name not in PEERS]:
+        print(f"unknown peers {unknown}; known: {', '.join(PEERS)}", file=sys.stderr)
+        return 2
+    failed = [name for name in names if ensure(PEERS[name], log=print) is None]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -307,8 +307,21 @@ def summarize(runs: list[dict[str, float]]) -> dict[str, Any]:
         "p99_ms": statistics.median(r["p99_ms"] for r in runs),
         "non_2xx": sum(r["non_2xx"] for r in runs),
         "runs": [r["rps"] for r in runs],
-        **({"cpu_us": statistics.median(r["cpu_us"] for r in runs)} if "cpu_us" in runs[0] else {}),
+        **(
+            {
+                "cpu_us": statistics.median(r["cpu_us"] for r in runs),
+                "cpu_runs": [r["cpu_us"] for r in runs],
+            }
+            if "cpu_us" in runs[0]
+            else {}
+        ),
     }
+
+
+def paired_ratio(ours: list[float], theirs: list[float]) -> float:
+    """The median of run-by-run ratios of two routes measured in the same rounds: each pair ran
+    back to back, so a disturbance that spans a round cancels out of its ratio."""
+    return statistics.median(a / b for a, b in zip(ours, theirs, strict=True) if b)
 
 
 # --- against the peers --------------------------------------------------------------------------
@@ -941,6 +954,29 @@ def _peer_rows(peers_out: dict[str, Any], peer: str, ours: list[str]) -> list[st
     return lines
 
 
+def _raw_against_v1(raw: dict[str, Any], v1: dict[str, Any]) -> list[str]:
+    """`POST /` against the V1 route of the same server, their runs paired round by round."""
+    cells = []
+    for c in CONCURRENCY:
+        a, b = raw[str(c)], v1[str(c)]
+        cpu = (
+            f"{paired_ratio(b['cpu_runs'], a['cpu_runs']):.2f}x"
+            if "cpu_runs" in a and "cpu_runs" in b
+            else ""
+        )
+        cells.append(
+            f"{paired_ratio(a['runs'], b['runs']):.2f}x ({a['rps'] / b['rps']:.2f}x) | {cpu}"
+        )
+    return [
+        "| `POST /` (the PNG) against `POST /v1/models/digits:predict`, the same server: median "
+        "of the run-by-run ratios (ratio of the medians) | req/s c=1 | CPU c=1 | req/s c=8 "
+        "| CPU c=8 | req/s c=32 | CPU c=32 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| `POST /` against V1 (above 1.00x: `POST /` answers more, or spends less CPU per "
+        f"request) | {' | '.join(cells)} |",
+    ]
+
+
 def table(results: dict[str, Any]) -> str:
     lines: list[str] = []
     peers_out = results.get("peers")
@@ -966,6 +1002,8 @@ def table(results: dict[str, Any]) -> str:
             rule,
             *_peer_rows(peers_out, "mlserver", ["lepton_v2"]),
         ]
+        if "lepton_raw" in routes and "lepton_v1" in routes:
+            lines += ["", *_raw_against_v1(routes["lepton_raw"], routes["lepton_v1"])]
     cold = results.get("cold_start")
     if cold:
         names = {

@@ -4,8 +4,7 @@
 
 KServe's client comes with the whole `kserve` package (FastAPI, pandas, Kubernetes, a protobuf
 older than TensorFlow's), so it is not a dependency of this project: its check runs in the
-virtualenv `make bench` creates for the KServe peer (bench/peers.py), and is skipped until that
-exists.
+virtualenv of the bench's KServe peer, which `make test` installs first (bench/peers.py).
 """
 
 from __future__ import annotations
@@ -93,11 +92,11 @@ def test_triton_client_gets_v2_errors(client) -> None:
         client.infer("cats", [tensor])
 
 
-@pytest.mark.skipif(
-    not KSERVE_PYTHON.exists(),
-    reason="KServe's client lives in the virtualenv `make bench` creates (bench/peers.py)",
-)
 def test_kserve_client_v1_and_v2(served, digit_png, tmp_path) -> None:
+    assert KSERVE_PYTHON.exists(), (
+        f"no {KSERVE_PYTHON}: `make test` installs KServe's client there "
+        "(`python bench/peers.py kserve`)"
+    )
     image = tmp_path / "digit.png"
     image.write_bytes(digit_png[3])
     done = subprocess.run(
