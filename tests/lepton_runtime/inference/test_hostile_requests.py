@@ -32,11 +32,20 @@ ANSWER_SECONDS = 5.0
 MAX_BODY = 32 * 1024 * 1024  # the default LEPTON_MAX_BODY_BYTES
 
 
-def _vm_hwm_mb(pid: int) -> float:
+def _status_mb(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmHWM for {pid}")
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def _vm_hwm_mb(pid: int) -> float:
+    """Peak resident memory since the last reset (see `bounded`)."""
+    return _status_mb(pid, "VmHWM")
+
+
+def _vm_rss_mb(pid: int) -> float:
+    return _status_mb(pid, "VmRSS")
 
 
 def _workers(pid: int) -> list[int]:
@@ -171,6 +180,78 @@ def test_a_v2_bytes_tensor_of_millions_of_elements_is_refused_before_splitting(
     assert seconds < ANSWER_SECONDS
     expected = (400, "bad_request") if declared == "one" else (413, "payload_too_large")
     assert (response.status_code, response.json()["code"]) == expected, response.text[:300]
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "BYTES"])
+def test_a_v2_shape_of_sixty_thousand_dimensions_is_refused_at_once(served, datatype: str) -> None:
+    """A 1.2 MB body naming a shape of 60,000 dimensions of 2**63 - 1: multiplied out before
+    the shape was checked, the product grows by 63 bits a dimension and took the worker's
+    event loop ~13 s (quadratic in the dimensions: a 20 MB body, hours)."""
+    tensor = {"name": "image", "shape": [1] + [2**63 - 1] * 60_000, "datatype": datatype}
+    tensor["data"] = ["eA=="] if datatype == "BYTES" else [1.0]
+    response, seconds = _timed_post(
+        served["url"] + "/v2/models/digits/infer",
+        data=json.dumps({"inputs": [tensor]}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert seconds < ANSWER_SECONDS
+    assert (response.status_code, response.json()["code"]) == (400, "bad_request")
+
+
+@pytest.mark.parametrize(
+    "shape", [[1] * 65, [1, 0, 2**62, 2**62]], ids=["65-dimensions", "zero-size-huge"]
+)
+def test_a_v2_shape_numpy_cannot_hold_is_a_400(served, shape: list[int]) -> None:
+    """Shapes whose values match (one, or none) but that numpy cannot make an array of: the
+    reshape raised ValueError, answered 500 internal_error."""
+    tensor = {
+        "name": "image",
+        "shape": shape,
+        "datatype": "FP32",
+        "data": [1.0] if 0 not in shape else [],
+    }
+    response, seconds = _timed_post(
+        served["url"] + "/v2/models/digits/infer",
+        data=json.dumps({"inputs": [tensor]}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert seconds < ANSWER_SECONDS
+    assert (response.status_code, response.json()["code"]) == (400, "bad_request")
+
+
+def test_a_v2_numeric_tensor_is_held_to_the_input_shape_before_its_values_are_read(
+    served,
+) -> None:
+    """32 MB of UINT8 values of shape [1, 33M]: converted to float32 (4 bytes a value) before
+    the shape was checked, 128 MB beyond the body (a worker's peak rose 160 MB). Refused
+    from the shape, it costs what reading the body costs (twice the body)."""
+    raw = bytes(MAX_BODY - 4096)
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [1, len(raw)],
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ]
+        }
+    ).encode()
+    workers = _workers(served["process"].pid)
+    before = {pid: _vm_rss_mb(pid) for pid in workers}
+    response, seconds = _timed_post(
+        served["url"] + "/v2/models/digits/infer",
+        data=header + raw,
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(len(header)),
+        },
+    )
+    assert seconds < ANSWER_SECONDS
+    assert (response.status_code, response.json()["code"]) == (400, "bad_request")
+    growth = max(_vm_hwm_mb(pid) - before[pid] for pid in workers)
+    assert growth < 3 * MAX_BODY / 2**20, f"a worker grew {growth:.0f} MB"
 
 
 def test_a_form_of_thousands_of_parts_is_refused(served) -> None:
