@@ -358,6 +358,34 @@ def test_an_event_naming_thousands_of_objects_is_refused_before_reading(served) 
     assert "more than 100 records" in response.json()["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    ("mode", "status"), [("binary", 401), ("structured", 413)], ids=["binary", "structured"]
+)
+def test_a_cloudevent_of_millions_of_values_is_refused_before_the_sdk_parses_it(
+    served, mode: str, status: int
+) -> None:
+    """A 32 MB CloudEvent of 11 million empty arrays, sent without a token: the server parsed
+    it into an event (the cloudevents SDK, the standard library's json, unbounded) before the
+    function could refuse it; a worker peaked at 927 MB (binary) and 2479 MB (structured: the
+    envelope parsed twice and the data once more)."""
+    values = b"[" + b"[]," * ((MAX_BODY - 4096) // 3) + b"[]]"
+    if mode == "binary":
+        body = values
+        headers = {
+            "ce-specversion": "1.0",
+            "ce-id": "hostile",
+            "ce-source": "hostile",
+            "ce-type": "hostile",
+            "Content-Type": "application/json",
+        }
+    else:
+        body = b'{"specversion":"1.0","id":"hostile","source":"hostile","type":"hostile","data":'
+        body += values + b"}"
+        headers = {"Content-Type": "application/cloudevents+json"}
+    response, seconds = _timed_post(served["url"] + "/", data=body, headers=headers)
+    _assert_json_error(response, status, seconds)
+
+
 # -- pixel bombs: images that cost a decoder memory and time ------------------------------------
 
 
