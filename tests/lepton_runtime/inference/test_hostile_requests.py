@@ -13,6 +13,7 @@ import socket
 import struct
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -384,6 +385,25 @@ def test_a_cloudevent_of_millions_of_values_is_refused_before_the_sdk_parses_it(
         headers = {"Content-Type": "application/cloudevents+json"}
     response, seconds = _timed_post(served["url"] + "/", data=body, headers=headers)
     _assert_json_error(response, status, seconds)
+
+
+def test_requests_naming_models_that_do_not_exist_keep_nothing(served) -> None:
+    """1000 GETs of /v1/models/<a new 30 KB name> on one connection (one worker), after 200
+    that warm the worker up (the modules a 404 through main imports, the heap's working set):
+    each 404 kept its name in the catalog for good, +30 MB a thousand."""
+    workers = _workers(served["process"].pid)
+
+    def ask(count: int, session: requests.Session) -> None:
+        for _ in range(count):
+            name = uuid.uuid4().hex + "x" * 30_000
+            assert session.get(f"{served['url']}/v1/models/{name}", timeout=10).status_code == 404
+
+    with requests.Session() as session:
+        ask(200, session)
+        before = {pid: _vm_rss_mb(pid) for pid in workers}
+        ask(1000, session)
+    growth = max(_vm_rss_mb(pid) - before[pid] for pid in workers)
+    assert growth < 10, f"a worker kept {growth:.0f} MB"
 
 
 # -- pixel bombs: images that cost a decoder memory and time ------------------------------------
