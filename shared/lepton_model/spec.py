@@ -90,6 +90,18 @@ class ModelSpec:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout must be in [0, 1)")
 
+    def parameter_count(self) -> int:
+        """How many weights `build_model` makes of this spec, counted without building it."""
+        height, width = self.preprocessing.height, self.preprocessing.width
+        channels, count = self.preprocessing.channels, 0
+        for filters in self.filters:  # a 'valid' convolution, then pooling
+            count += (self.kernel_size * self.kernel_size * channels + 1) * filters
+            height = (height - self.kernel_size + 1) // self.pool_size
+            width = (width - self.kernel_size + 1) // self.pool_size
+            channels = filters
+        flat = height * width * channels
+        return count + (flat + 1) * self.dense_units + (self.dense_units + 1) * self.num_classes
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["filters"] = list(self.filters)

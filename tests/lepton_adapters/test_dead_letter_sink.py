@@ -5,16 +5,19 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+import requests
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 from werkzeug.test import Client
 
-from lepton_adapters.dead_letter_sink import DeadLetterApp, DeadLetterStore
+from lepton_adapters.dead_letter_sink import MAX_BODY_BYTES, DeadLetterApp, DeadLetterStore
 from lepton_runtime.errors import ConfigurationError, StorageUnavailableError
 from lepton_runtime.events.outbound import binary_http
 from lepton_runtime.settings import Location, Settings
@@ -139,3 +142,33 @@ def test_dead_letters_never_land_where_uploads_start_work() -> None:
     )
     with pytest.raises(ConfigurationError):
         DeadLetterStore(FailingStorage(), settings)
+
+
+def _vm_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+@pytest.mark.slow
+def test_a_structured_dead_letter_of_a_million_values_is_refused_before_it_is_parsed(
+    dead_letter_sink_process: dict[str, Any],
+) -> None:
+    """A 4 MB structured CloudEvent (the sink's body limit) of 1.4 million empty arrays, from
+    anyone (the sink takes no token): the SDK parsed it three times with unbounded json and
+    the process peaked at 368 MB, four at once at 935 MB."""
+    values = b"[" + b"[]," * ((MAX_BODY_BYTES - 4096) // 3) + b"[]]"
+    body = b'{"specversion":"1.0","id":"x","source":"hostile","type":"hostile","data":'
+    started = time.monotonic()
+    response = requests.post(
+        dead_letter_sink_process["url"] + "/",
+        data=body + values + b"}",
+        headers={"Content-Type": "application/cloudevents+json"},
+        timeout=30,
+    )
+    assert time.monotonic() - started < 5.0
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+    peak = _vm_hwm_mb(dead_letter_sink_process["process"].pid)
+    assert peak < 150, f"the sink peaked at {peak:.0f} MB"

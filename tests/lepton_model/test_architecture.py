@@ -66,6 +66,21 @@ def test_architecture_follows_the_spec(spec: ModelSpec) -> None:
     assert [d.units for d in dense] == [spec.dense_units, spec.num_classes]
 
 
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ModelSpec(),
+        ModelSpec(num_classes=3, preprocessing=Preprocessing(height=32, width=48, channels=3)),
+        ModelSpec(num_classes=5, filters=(8, 16, 32), dense_units=10),
+        ModelSpec(num_classes=2, filters=(8,), kernel_size=5, dense_units=10),
+        ModelSpec(num_classes=2, dropout=0.5, pool_size=3),
+    ],
+    ids=["default", "input-32x48x3", "three-blocks", "kernel-5", "dropout"],
+)
+def test_parameter_count_is_what_the_built_model_has(spec: ModelSpec) -> None:
+    assert spec.parameter_count() == build_model(spec).count_params()
+
+
 def test_rescaling_is_inside_the_model() -> None:
     """The model takes raw 0..255 pixels: scaling them is the model's first layer."""
     model = build_model(ModelSpec(num_classes=3, filters=(4,), dense_units=8))

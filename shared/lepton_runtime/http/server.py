@@ -239,7 +239,9 @@ class FunctionApp:
             context = Context(request)
             if cloudevent:
                 try:
-                    context.cloud_event = event_from_http(request.headers, body)
+                    context.cloud_event = event_from_http(
+                        request.headers, body, self.settings.max_json_values
+                    )
                 except Exception:  # not a CloudEvent after all: main sees the plain request
                     context.cloud_event = None
             if self.inline is not None and self.inline(request):

@@ -137,15 +137,31 @@ def _b64(value: Any, index: int) -> bytes:
     return data
 
 
+def check_instance_shape(instance: Sequence[int], input_shape: tuple[int, ...]) -> None:
+    """One instance's shape must be the model's input shape (the channel axis may be left out
+    for grayscale)."""
+    instance = tuple(instance)
+    if instance == input_shape or (input_shape[-1] == 1 and instance == input_shape[:-1]):
+        return
+    raise BadRequestError(
+        f"each instance must have shape {list(input_shape)}; got {shape_text(instance)}"
+    )
+
+
+def shape_text(shape: Sequence[int], most: int = 8) -> str:
+    """A shape for a message: in full when short, else its first dimensions and its rank (a
+    request may name a million dimensions)."""
+    if len(shape) <= most:
+        return str(list(shape))
+    return f"[{', '.join(str(d) for d in shape[:most])}, ...] ({len(shape)} dimensions)"
+
+
 def model_input(array: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
     """A batch of raw pixel values checked against the model's input: shape (n, *input_shape)
     (the channel axis may be left out for grayscale), finite, float32."""
-    if array.ndim == len(input_shape) and input_shape[-1] == 1:
+    check_instance_shape(array.shape[1:], input_shape)
+    if array.ndim == len(input_shape):
         array = array[..., np.newaxis]  # (n, h, w) grayscale
-    if tuple(array.shape[1:]) != input_shape:
-        raise BadRequestError(
-            f"each instance must have shape {list(input_shape)}; got {list(array.shape[1:])}"
-        )
     if not np.isfinite(array).all():
         raise BadRequestError("instances contain NaN or infinite values")
     return np.ascontiguousarray(array, dtype=np.float32)
@@ -259,14 +275,17 @@ def parse_v2_infer(
         raise BadRequestError("binary data follows the JSON but no input has binary_data_size")
     elif "data" not in tensor:
         raise BadRequestError(f'input {name!r} has no "data"')
-    count = math.prod(shape)
     if datatype == "BYTES":
         inputs_out: ImagesInput | TensorInput = _v2_images(
             name, shape, raw, tensor.get("data"), max_batch
         )
     else:
+        # The shape is held to the batch limit and the model's input before any value is read:
+        # what the values cost, and what multiplying the dimensions out costs, is then bounded
+        # (60,000 dimensions of 2**63 - 1 took 13 s to multiply out, quadratically more for more).
         check_batch(shape[0] if shape else 0, max_batch)
-        array = _v2_numbers(name, datatype, count, raw, tensor.get("data"))
+        check_instance_shape(shape[1:], tuple(input_shape))
+        array = _v2_numbers(name, datatype, math.prod(shape), raw, tensor.get("data"))
         inputs_out = TensorInput(model_input(array.reshape(shape), tuple(input_shape)))
     return V2Request(
         id=_request_id(payload.get("id")),
@@ -322,7 +341,7 @@ def _v2_images(
     if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
         raise BadRequestError(
             f"input {name!r}: a BYTES input holds one encoded image per element, shape [n]; "
-            f"got {shape}"
+            f"got {shape_text(shape)}"
         )
     count = shape[0]
     check_batch(count, max_batch)

@@ -89,23 +89,34 @@ class ModelCatalog:
         NotFoundError when no model of that name is published."""
         if name is None or name == self.default.name:
             return self.default
-        with self._lock:
-            found = self._others.get(name)
-            if found is not None:
-                self._others.move_to_end(name)
-                return found
-            gate = self._loading.setdefault(name, threading.Lock())
-        with gate:  # one load of `name`, however many requests want it at once
+        while True:
             with self._lock:
                 found = self._others.get(name)
                 if found is not None:
+                    self._others.move_to_end(name)
                     return found
-            registry = self._load(name)
-            with self._lock:
-                self._others[name] = registry
-                self._loading.pop(name, None)
-                evicted = self._evict()
-                started = self._started
+                gate = self._loading.setdefault(name, threading.Lock())
+            with gate:  # one load of `name`, however many requests want it at once
+                with self._lock:
+                    found = self._others.get(name)
+                    if found is not None:
+                        return found
+                    if self._loading.get(name) is not gate:
+                        continue  # the load this waited for failed: one new load, as at first
+                try:
+                    registry = self._load(name)
+                except BaseException:
+                    # A name that loads nothing (none published: any name a request makes up)
+                    # keeps no gate: each kept one, a request naming 30 KB cost 30 KB for good.
+                    with self._lock:
+                        self._loading.pop(name, None)
+                    raise
+                with self._lock:
+                    self._others[name] = registry
+                    self._loading.pop(name, None)
+                    evicted = self._evict()
+                    started = self._started
+                break
         if started:  # else start() starts it
             registry.start()
         for old in evicted:

@@ -12,12 +12,11 @@ import logging
 from pathlib import Path
 
 import requests
-from cloudevents.http import from_json
 
 from lepton_runtime.errors import LeptonError, is_retryable
 from lepton_runtime.events.auth import sink_authorization
 from lepton_runtime.events.inbound import parse_cloudevent
-from lepton_runtime.events.outbound import binary_http
+from lepton_runtime.events.outbound import binary_http, event_from_http
 from lepton_runtime.training.service import TrainingService
 
 log = logging.getLogger("lepton.train.job")
@@ -31,7 +30,13 @@ EXIT_FAILED = 2  # permanent (bad dataset, bad event): fail the Job, do not retr
 def run_job(service: TrainingService, event_file: Path = JOBSINK_EVENT_FILE) -> int:
     """Train for the event in `event_file`; the exit code says whether to retry."""
     try:
-        event = from_json(event_file.read_bytes())
+        # A structured CloudEvent, parsed within the JSON value bound (the SDK's from_json
+        # parses it three times with unbounded json: a 4 MB file cost 296 MB).
+        event = event_from_http(
+            {"content-type": "application/cloudevents+json"},
+            event_file.read_bytes(),
+            service.settings.max_json_values,
+        )
     except OSError as exc:
         log.error("cannot read the event file", extra={"path": str(event_file), "error": str(exc)})
         return EXIT_FAILED

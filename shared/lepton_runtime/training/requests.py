@@ -27,6 +27,13 @@ _TRAINING_FIELDS = (
     "augment",
 )
 _SPEC_FIELDS = ("filters", "dense_units", "dropout", "kernel_size", "pool_size")
+# The largest network a request may ask for. Building and training costs ~16 bytes a weight
+# (weights, gradients, Adam's two moments) before any activation: 50M weights are ~0.8 GB of a
+# training pod's 4 GiB. The default network of the largest input the CLI chooses (64x64x3) has
+# 2M; a 1024x1024 input with the default layers has 535M and took 6.9 GB to build alone.
+MAX_MODEL_PARAMETERS = 50_000_000
+# Each conv block is a layer to build and run; pooling by 2 leaves a 1024-pixel input 10.
+MAX_CONV_BLOCKS = 16
 _PREPROCESSING_FIELDS = ("channels", "background", "fit")
 
 
@@ -65,8 +72,15 @@ class TrainingRequest:
     request_options: Mapping[str, Any] = field(default_factory=dict)
 
     def spec(self, num_classes: int) -> ModelSpec:
-        return ModelSpec.from_dict(
-            {**self.spec_options, "num_classes": num_classes, "preprocessing": self.preprocessing}
+        """The network to train for `num_classes` classes (BadRequestError over the limits)."""
+        return checked_size(
+            ModelSpec.from_dict(
+                {
+                    **self.spec_options,
+                    "num_classes": num_classes,
+                    "preprocessing": self.preprocessing,
+                }
+            )
         )
 
     def options_fingerprint(self) -> str:
@@ -135,9 +149,12 @@ def parse_options(
         if "filters" in spec_options:
             filters = spec_options["filters"]
             spec_options["filters"] = [filters] if isinstance(filters, int) else list(filters)
-        ModelSpec.from_dict({**spec_options, "num_classes": 2, "preprocessing": preprocessing})
+        spec = ModelSpec.from_dict(
+            {**spec_options, "num_classes": 2, "preprocessing": preprocessing}
+        )
     except (TypeError, ValueError) as exc:
         raise BadRequestError(f"invalid training options: {exc}") from exc
+    checked_size(spec)  # before any dataset is read
     explicit = frozenset(
         k for k in ("channels", "image_size", "background") if options.get(k) is not None
     )
@@ -147,6 +164,23 @@ def parse_options(
     return TrainingRequest(
         source, model_name, config, spec_options, preprocessing, arrays, explicit, replace, given
     )
+
+
+def checked_size(spec: ModelSpec) -> ModelSpec:
+    """`spec`, if a training may build it: at most MAX_CONV_BLOCKS conv blocks and
+    MAX_MODEL_PARAMETERS weights; else BadRequestError."""
+    if len(spec.filters) > MAX_CONV_BLOCKS:
+        raise BadRequestError(
+            f"invalid training options: {len(spec.filters)} conv blocks (filters); "
+            f"the limit is {MAX_CONV_BLOCKS}"
+        )
+    parameters = spec.parameter_count()
+    if parameters > MAX_MODEL_PARAMETERS:
+        raise BadRequestError(
+            f"invalid training options: the network would have {parameters} weights; the limit "
+            f"is {MAX_MODEL_PARAMETERS} (a smaller image_size, dense_units or filters)"
+        )
+    return spec
 
 
 def parse_http_request(

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cloudevents.exceptions import MissingRequiredFields
 from cloudevents.http import from_http
 
+from lepton_runtime.errors import EventFormatError, PayloadTooLargeError
 from lepton_runtime.events.inbound import parse_cloudevent
 from lepton_runtime.events.outbound import (
     INFERENCE_COMPLETED,
@@ -17,6 +19,7 @@ from lepton_runtime.events.outbound import (
     REPLY_TYPES,
     TRAINING_FAILED,
     binary_http,
+    event_from_http,
     reply_event,
     s3_object_event,
     structured_http,
@@ -122,3 +125,38 @@ def test_reply_event_keeps_a_given_id() -> None:
 def test_reply_event_refuses_an_inbound_s3_type() -> None:
     with pytest.raises(ValueError, match="trigger"):
         reply_event("com.amazonaws.s3.ObjectCreated:Put", "/t", {})
+
+
+_STRUCTURED = {"content-type": "application/cloudevents+json"}
+
+
+def test_a_structured_event_is_parsed_as_the_sdk_parses_it() -> None:
+    """The envelope is parsed by jsonio; the SDK still checks and decodes the attributes."""
+    envelope = {"specversion": "1.0", "id": "1", "source": "s", "type": "t", "subject": "k"}
+    event = event_from_http(_STRUCTURED, json.dumps({**envelope, "data": {"a": [1]}}).encode())
+    assert (event["id"], event["subject"], event.get_data()) == ("1", "k", {"a": [1]})
+    encoded = event_from_http(_STRUCTURED, json.dumps({**envelope, "data_base64": "eHl6"}).encode())
+    assert encoded.get_data() == b"xyz"
+    del envelope["id"]
+    with pytest.raises(MissingRequiredFields, match="id"):  # the SDK's own check
+        event_from_http(_STRUCTURED, json.dumps(envelope).encode())
+
+
+def test_a_structured_event_over_the_value_bound_is_refused_before_the_sdk_parses_it() -> None:
+    body = b'{"specversion":"1.0","id":"1","source":"s","type":"t","data":[' + b"0," * 99 + b"0]}"
+    with pytest.raises(PayloadTooLargeError):
+        event_from_http(_STRUCTURED, body, max_values=100)
+
+
+def test_a_structured_event_with_an_attribute_that_is_not_a_scalar_is_refused() -> None:
+    body = b'{"specversion":"1.0","id":"1","source":"s","type":"t","pad":[[],[]]}'
+    with pytest.raises(EventFormatError):
+        event_from_http(_STRUCTURED, body)
+
+
+def test_binary_data_over_the_value_bound_is_left_as_it_came() -> None:
+    """Refused where the data is read (inbound, after the event is authenticated)."""
+    headers = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "s", "ce-type": "t"}
+    body = b"[" + b"0," * 99 + b"0]"
+    assert event_from_http(headers, body, max_values=100).get_data() == body
+    assert event_from_http(headers, body, max_values=1000).get_data() == [0] * 100

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import tracemalloc
 from dataclasses import replace
 from typing import Any
 
@@ -84,6 +85,39 @@ def test_concurrent_first_requests_load_a_model_once(
         thread.join()
 
     assert loads == ["colours"]
+
+
+def test_concurrent_requests_for_an_unpublished_name_each_fail_and_keep_nothing(
+    publish, catalog_for
+) -> None:
+    """Every waiter gets NotFoundError, and nothing of the name is kept after (a name kept
+    per failed lookup was memory for good, whatever names requests made up)."""
+    publish("v1")
+    catalog = catalog_for()
+    errors: list[Exception] = []
+
+    def ask() -> None:
+        try:
+            catalog.require("shapes")
+        except NotFoundError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+
+    assert len(errors) == 8
+    tracemalloc.start()
+    try:
+        for index in range(200):
+            with pytest.raises(NotFoundError):
+                catalog.require(f"{index}{'x' * 30_000}")
+        kept = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert kept < 1024 * 1024, f"{kept} bytes kept after 200 unpublished 30 KB names"
 
 
 def test_the_least_recently_used_model_is_unloaded_past_the_budget(publish, catalog_for) -> None:

@@ -13,6 +13,7 @@ import socket
 import struct
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,11 +33,20 @@ ANSWER_SECONDS = 5.0
 MAX_BODY = 32 * 1024 * 1024  # the default LEPTON_MAX_BODY_BYTES
 
 
-def _vm_hwm_mb(pid: int) -> float:
+def _status_mb(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmHWM for {pid}")
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def _vm_hwm_mb(pid: int) -> float:
+    """Peak resident memory since the last reset (see `bounded`)."""
+    return _status_mb(pid, "VmHWM")
+
+
+def _vm_rss_mb(pid: int) -> float:
+    return _status_mb(pid, "VmRSS")
 
 
 def _workers(pid: int) -> list[int]:
@@ -173,6 +183,78 @@ def test_a_v2_bytes_tensor_of_millions_of_elements_is_refused_before_splitting(
     assert (response.status_code, response.json()["code"]) == expected, response.text[:300]
 
 
+@pytest.mark.parametrize("datatype", ["FP32", "BYTES"])
+def test_a_v2_shape_of_sixty_thousand_dimensions_is_refused_at_once(served, datatype: str) -> None:
+    """A 1.2 MB body naming a shape of 60,000 dimensions of 2**63 - 1: multiplied out before
+    the shape was checked, the product grows by 63 bits a dimension and took the worker's
+    event loop ~13 s (quadratic in the dimensions: a 20 MB body, hours)."""
+    tensor = {"name": "image", "shape": [1] + [2**63 - 1] * 60_000, "datatype": datatype}
+    tensor["data"] = ["eA=="] if datatype == "BYTES" else [1.0]
+    response, seconds = _timed_post(
+        served["url"] + "/v2/models/digits/infer",
+        data=json.dumps({"inputs": [tensor]}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert seconds < ANSWER_SECONDS
+    assert (response.status_code, response.json()["code"]) == (400, "bad_request")
+
+
+@pytest.mark.parametrize(
+    "shape", [[1] * 65, [1, 0, 2**62, 2**62]], ids=["65-dimensions", "zero-size-huge"]
+)
+def test_a_v2_shape_numpy_cannot_hold_is_a_400(served, shape: list[int]) -> None:
+    """Shapes whose values match (one, or none) but that numpy cannot make an array of: the
+    reshape raised ValueError, answered 500 internal_error."""
+    tensor = {
+        "name": "image",
+        "shape": shape,
+        "datatype": "FP32",
+        "data": [1.0] if 0 not in shape else [],
+    }
+    response, seconds = _timed_post(
+        served["url"] + "/v2/models/digits/infer",
+        data=json.dumps({"inputs": [tensor]}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert seconds < ANSWER_SECONDS
+    assert (response.status_code, response.json()["code"]) == (400, "bad_request")
+
+
+def test_a_v2_numeric_tensor_is_held_to_the_input_shape_before_its_values_are_read(
+    served,
+) -> None:
+    """32 MB of UINT8 values of shape [1, 33M]: converted to float32 (4 bytes a value) before
+    the shape was checked, 128 MB beyond the body (a worker's peak rose 160 MB). Refused
+    from the shape, it costs what reading the body costs (twice the body)."""
+    raw = bytes(MAX_BODY - 4096)
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [1, len(raw)],
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ]
+        }
+    ).encode()
+    workers = _workers(served["process"].pid)
+    before = {pid: _vm_rss_mb(pid) for pid in workers}
+    response, seconds = _timed_post(
+        served["url"] + "/v2/models/digits/infer",
+        data=header + raw,
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(len(header)),
+        },
+    )
+    assert seconds < ANSWER_SECONDS
+    assert (response.status_code, response.json()["code"]) == (400, "bad_request")
+    growth = max(_vm_hwm_mb(pid) - before[pid] for pid in workers)
+    assert growth < 3 * MAX_BODY / 2**20, f"a worker grew {growth:.0f} MB"
+
+
 def test_a_form_of_thousands_of_parts_is_refused(served) -> None:
     boundary = "hostileboundary"
     part = (
@@ -275,6 +357,53 @@ def test_an_event_naming_thousands_of_objects_is_refused_before_reading(served) 
     assert response.status_code == 200  # permanent: the failed reply, not retried
     assert response.headers["ce-type"] == "ai.lepton.inference.failed"
     assert "more than 100 records" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "status"), [("binary", 401), ("structured", 413)], ids=["binary", "structured"]
+)
+def test_a_cloudevent_of_millions_of_values_is_refused_before_the_sdk_parses_it(
+    served, mode: str, status: int
+) -> None:
+    """A 32 MB CloudEvent of 11 million empty arrays, sent without a token: the server parsed
+    it into an event (the cloudevents SDK, the standard library's json, unbounded) before the
+    function could refuse it; a worker peaked at 927 MB (binary) and 2479 MB (structured: the
+    envelope parsed twice and the data once more)."""
+    values = b"[" + b"[]," * ((MAX_BODY - 4096) // 3) + b"[]]"
+    if mode == "binary":
+        body = values
+        headers = {
+            "ce-specversion": "1.0",
+            "ce-id": "hostile",
+            "ce-source": "hostile",
+            "ce-type": "hostile",
+            "Content-Type": "application/json",
+        }
+    else:
+        body = b'{"specversion":"1.0","id":"hostile","source":"hostile","type":"hostile","data":'
+        body += values + b"}"
+        headers = {"Content-Type": "application/cloudevents+json"}
+    response, seconds = _timed_post(served["url"] + "/", data=body, headers=headers)
+    _assert_json_error(response, status, seconds)
+
+
+def test_requests_naming_models_that_do_not_exist_keep_nothing(served) -> None:
+    """1000 GETs of /v1/models/<a new 30 KB name> on one connection (one worker), after 200
+    that warm the worker up (the modules a 404 through main imports, the heap's working set):
+    each 404 kept its name in the catalog for good, +30 MB a thousand."""
+    workers = _workers(served["process"].pid)
+
+    def ask(count: int, session: requests.Session) -> None:
+        for _ in range(count):
+            name = uuid.uuid4().hex + "x" * 30_000
+            assert session.get(f"{served['url']}/v1/models/{name}", timeout=10).status_code == 404
+
+    with requests.Session() as session:
+        ask(200, session)
+        before = {pid: _vm_rss_mb(pid) for pid in workers}
+        ask(1000, session)
+    growth = max(_vm_rss_mb(pid) - before[pid] for pid in workers)
+    assert growth < 10, f"a worker kept {growth:.0f} MB"
 
 
 # -- pixel bombs: images that cost a decoder memory and time ------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,26 @@ def test_an_archive_bomb_fails_the_job_without_retry(
     failed = [r for r in caplog.records if r.getMessage() == "training failed"]
     assert "(max_member_bytes)" in json.dumps(failed[0].__dict__.get("error"))
     assert "Contents" not in s3.list_objects_v2(Bucket="lepton-models", Prefix="bomb/")
+
+
+def test_an_event_file_of_a_million_values_fails_the_job_before_it_is_parsed(
+    service, tmp_path: Path
+) -> None:
+    """A 4 MB event file of 1.4 million empty arrays: the SDK's from_json parsed it three
+    times with unbounded json, 296 MB (in-process)."""
+    event_file = tmp_path / "event"
+    event_file.write_bytes(
+        b'{"specversion":"1.0","id":"x","source":"s","type":"t","data":['
+        + b"[]," * (4 * 1024 * 1024 // 3)
+        + b"[]]}"
+    )
+    tracemalloc.start()
+    try:
+        assert run_job(service, event_file) == EXIT_FAILED
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 * 1024 * 1024, f"{peak / 2**20:.0f} MB"
 
 
 def write_event(tmp_path: Path, record: dict) -> Path:

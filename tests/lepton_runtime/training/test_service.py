@@ -160,6 +160,36 @@ def test_image_size_option_changes_the_model_input(client, s3, uploaded_archive)
     assert meta["input_shape"] == [16, 16, 1]
 
 
+_SMALL_ARRAYS = {
+    "x_train": [[[(i + j + k) % 2 for k in range(8)] for j in range(8)] for i in range(20)],
+    "y_train": [i % 2 for i in range(20)],
+}
+
+
+@pytest.mark.parametrize(
+    ("data", "options"),
+    [
+        ("arrays", {"image_size": 1024}),
+        ("archive", {"dense_units": 10**9}),
+        ("archive", {"filters": [1] * 300, "kernel_size": 1, "pool_size": 1}),
+    ],
+    ids=["input-1024", "dense-1e9", "300-conv-blocks"],
+)
+def test_a_network_too_large_to_train_is_refused_before_the_dataset_is_read(
+    client, s3, uploaded_archive, data, options
+) -> None:
+    """Networks built as asked: a 1024x1024 input with the default layers is 535M weights
+    (6.9 GB to build alone, past a training pod's 4 GiB; 20 small images stay within the
+    decoded-dataset limit at that size); 10**9 dense units were a 500 from TensorFlow's
+    allocator after the dataset was read; 300 conv blocks of kernel and pool 1 trained one
+    epoch of 300 digits in 100 s (6 images/s) and published the model."""
+    dataset = _SMALL_ARRAYS if data == "arrays" else {"dataset": uploaded_archive}
+    response = client.post("/", json={**dataset, "epochs": 1, **options})
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert "the limit is" in response.get_json()["error"]["message"]
+    assert "Contents" not in s3.list_objects_v2(Bucket="lepton-models")
+
+
 def test_http_request_outside_the_datasets_prefix_is_refused(client) -> None:
     response = client.post("/", json={"dataset": "s3://payroll/salaries.zip"})
     assert response.status_code == 400
