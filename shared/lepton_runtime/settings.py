@@ -119,6 +119,8 @@ class Settings:
     log_level: str = "INFO"
     # One JSON line per request (method, path, status, milliseconds) on the function's log.
     access_log: bool = True
+    # How late a request line may go out: the lines of that long are written together.
+    access_log_flush_seconds: float = 0.05
     service: str = ""
     revision: str = ""
     s3: S3Settings = field(default_factory=S3Settings)
@@ -254,6 +256,9 @@ class Settings:
             workers=reader.int("LEPTON_WORKERS", 0, minimum=0, maximum=64),
             log_level=reader.str("LEPTON_LOG_LEVEL", "INFO").upper(),
             access_log=reader.choice("LEPTON_ACCESS_LOG", "on", ("on", "off")) == "on",
+            access_log_flush_seconds=reader.float(
+                "LEPTON_ACCESS_LOG_FLUSH_SECONDS", 0.05, minimum=0.0, maximum=60.0
+            ),
             service=reader.str("K_SERVICE", ""),
             revision=reader.str("K_REVISION", ""),
             s3=S3Settings(

@@ -148,7 +148,11 @@ class FunctionApp:
         self._pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="main")
         # Written by the server itself (see RequestLog); on when LEPTON_ACCESS_LOG is and the
         # log level lets info through.
-        self.request_log = request_log or (RequestLog() if settings.access_log else None)
+        self.request_log = request_log or (
+            RequestLog(flush_seconds=settings.access_log_flush_seconds)
+            if settings.access_log
+            else None
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -293,6 +297,8 @@ class FunctionApp:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=False)
+        if self.request_log is not None:
+            self.request_log.flush()
 
 
 def build_app(func: Any, settings: Settings, request_log: RequestLog | None = None) -> FunctionApp:

@@ -240,6 +240,24 @@ def test_real_server_answers_head_pipelined_and_100_continue_requests(
         assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"hello")
 
 
+@pytest.mark.slow
+def test_a_stopping_server_writes_the_request_lines_it_still_holds(
+    echo_function: Path, serve_function
+) -> None:
+    process, url = serve_function(
+        echo_function,
+        env={"LEPTON_WORKERS": "1", "LEPTON_ACCESS_LOG_FLUSH_SECONDS": "30"},
+        output=subprocess.PIPE,
+    )
+    for index in range(5):
+        assert requests.post(f"{url}/v1/models/m{index}", data=b"x", timeout=10).ok
+    process.send_signal(signal.SIGTERM)  # the lines are held for 30 s: the stop writes them
+    assert process.wait(timeout=15) == 0
+    lines = [json.loads(line) for line in process.stdout.read().splitlines() if line[:1] == b"{"]
+    paths = [line["path"] for line in lines if line.get("message") == "request"]
+    assert paths == [f"/v1/models/m{index}" for index in range(5)]
+
+
 # --- request log --------------------------------------------------------------------------------
 
 
