@@ -112,6 +112,33 @@ def _timed_post(url: str, **kwargs: Any) -> tuple[requests.Response, float]:
     return response, time.monotonic() - started
 
 
+def _post_v2_binary(
+    served: dict[str, Any], shape: list[int], datatype: str, raw: bytes
+) -> tuple[requests.Response, float]:
+    """A V2 inference request with the binary tensor extension: one input of `shape` and
+    `datatype` whose data, `raw`, follows the JSON header."""
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": shape,
+                    "datatype": datatype,
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ]
+        }
+    ).encode()
+    return _timed_post(
+        served["url"] + "/v2/models/digits/infer",
+        data=header + raw,
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(len(header)),
+        },
+    )
+
+
 def _assert_json_error(response: requests.Response, status: int, seconds: float) -> dict:
     assert seconds < ANSWER_SECONDS
     assert response.status_code == status, response.text[:300]
@@ -158,26 +185,7 @@ def test_a_v2_bytes_tensor_of_millions_of_elements_is_refused_before_splitting(
     element = struct.pack("<I", 2) + b"xy"
     raw = element * ((MAX_BODY - 4096) // len(element))
     count = 1 if declared == "one" else len(raw) // len(element)
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "image",
-                    "shape": [count],
-                    "datatype": "BYTES",
-                    "parameters": {"binary_data_size": len(raw)},
-                }
-            ]
-        }
-    ).encode()
-    response, seconds = _timed_post(
-        served["url"] + "/v2/models/digits/infer",
-        data=header + raw,
-        headers={
-            "Content-Type": "application/octet-stream",
-            "Inference-Header-Content-Length": str(len(header)),
-        },
-    )
+    response, seconds = _post_v2_binary(served, [count], "BYTES", raw)
     assert seconds < ANSWER_SECONDS
     expected = (400, "bad_request") if declared == "one" else (413, "payload_too_large")
     assert (response.status_code, response.json()["code"]) == expected, response.text[:300]
@@ -227,28 +235,9 @@ def test_a_v2_numeric_tensor_is_held_to_the_input_shape_before_its_values_are_re
     the shape was checked, 128 MB beyond the body (a worker's peak rose 160 MB). Refused
     from the shape, it costs what reading the body costs (twice the body)."""
     raw = bytes(MAX_BODY - 4096)
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "image",
-                    "shape": [1, len(raw)],
-                    "datatype": "UINT8",
-                    "parameters": {"binary_data_size": len(raw)},
-                }
-            ]
-        }
-    ).encode()
     workers = _workers(served["process"].pid)
     before = {pid: _vm_rss_mb(pid) for pid in workers}
-    response, seconds = _timed_post(
-        served["url"] + "/v2/models/digits/infer",
-        data=header + raw,
-        headers={
-            "Content-Type": "application/octet-stream",
-            "Inference-Header-Content-Length": str(len(header)),
-        },
-    )
+    response, seconds = _post_v2_binary(served, [1, len(raw)], "UINT8", raw)
     assert seconds < ANSWER_SECONDS
     assert (response.status_code, response.json()["code"]) == (400, "bad_request")
     growth = max(_vm_hwm_mb(pid) - before[pid] for pid in workers)
