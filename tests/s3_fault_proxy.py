@@ -11,7 +11,9 @@ from urllib.parse import urlsplit
 
 class FaultyS3Proxy(ThreadingHTTPServer):
     """Forwards every request to `upstream`, except that a GET whose path ends with a chosen
-    suffix is answered 503 SlowDown (a transient S3 fault) the next `times` times."""
+    suffix is answered 503 SlowDown (a transient S3 fault) the next `times` times; PUTs may be
+    failed so too (`fail_puts`), or held unanswered (`hold_puts`: a process killed meanwhile
+    never learns whether they were done)."""
 
     daemon_threads = True
 
@@ -19,6 +21,9 @@ class FaultyS3Proxy(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.upstream = urlsplit(upstream)
         self._faults: dict[str, int] = {}
+        self._put_faults: list[list] = []  # [containing, times left, after (or None)]
+        self._holds: list[str] = []
+        self._released = threading.Event()
         self.failed: dict[str, int] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, in order
         self._lock = threading.Lock()
@@ -33,9 +38,32 @@ class FaultyS3Proxy(ThreadingHTTPServer):
         with self._lock:
             self._faults[suffix] = times
 
+    def fail_puts(self, containing: str, times: int, after: str | None = None) -> None:
+        """Answer 500 to the next `times` PUTs whose path contains `containing`, counted from
+        the first PUT whose path ends with `after` (when given)."""
+        with self._lock:
+            self._put_faults.append([containing, times, after])
+
+    def hold_puts(self, suffix: str) -> None:
+        """Hold every PUT whose path ends with `suffix`, unforwarded, until close()."""
+        with self._lock:
+            self._holds.append(suffix)
+
+    def saw(self, method: str, suffix: str) -> bool:
+        with self._lock:
+            return any(
+                m == method and p.split("?", 1)[0].endswith(suffix) for m, p in self.requests
+            )
+
+    def should_hold(self, method: str, path: str) -> bool:
+        with self._lock:
+            return method == "PUT" and any(path.split("?", 1)[0].endswith(s) for s in self._holds)
+
     def should_fail(self, method: str, path: str) -> bool:
         with self._lock:
             self.requests.append((method, path))
+        if method == "PUT":
+            return self._put_fault(path.split("?", 1)[0])
         if method != "GET":
             return False
         with self._lock:
@@ -46,7 +74,22 @@ class FaultyS3Proxy(ThreadingHTTPServer):
                     return True
         return False
 
+    def _put_fault(self, path: str) -> bool:
+        with self._lock:
+            for fault in self._put_faults:
+                containing, left, after = fault
+                if after is not None:
+                    if path.endswith(after):
+                        fault[2] = None  # armed from the next PUT on
+                    continue
+                if left > 0 and containing in path:
+                    fault[1] = left - 1
+                    self.failed[containing] = self.failed.get(containing, 0) + 1
+                    return True
+        return False
+
     def close(self) -> None:
+        self._released.set()
         self.shutdown()
         self.server_close()
 
@@ -59,19 +102,25 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _forward(self) -> None:
-        if self.server.should_fail(self.command, self.path):
-            body = (
-                b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
-                b"<Message>injected by the test</Message></Error>"
-            )
-            self.send_response(503)
-            self.send_header("Content-Type", "application/xml")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-            return
+        # Read first: a body left in the socket would be taken for the next request.
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
+        if self.server.should_fail(self.command, self.path):
+            status, code = (500, b"InternalError") if self.command == "PUT" else (503, b"SlowDown")
+            error = (
+                b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>" + code + b"</Code>"
+                b"<Message>injected by the test</Message></Error>"
+            )
+            self.send_response(status)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(error)))
+            self.end_headers()
+            self.wfile.write(error)
+            return
+        if self.server.should_hold(self.command, self.path):
+            self.server._released.wait()
+            self.close_connection = True
+            return  # never forwarded, never answered
         upstream = http.client.HTTPConnection(
             self.server.upstream.hostname, self.server.upstream.port, timeout=60
         )

@@ -128,6 +128,15 @@ class StorageUnavailableError(StorageError):
     retryable = True
 
 
+class DiskUnavailableError(LeptonError):
+    """A local file could not be written (the model cache's disk is full, read-only or gone):
+    transient, 503. Space frees as the cache evicts old versions, and a redelivery may reach
+    another replica; a replica that stays this way dead-letters its events, never fails them."""
+
+    code = "disk_unavailable"
+    retryable = True
+
+
 class TrainingBusyError(LeptonError):
     """This instance is already training (concurrency 1): retry later (429, retried)."""
 

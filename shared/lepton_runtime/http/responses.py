@@ -31,6 +31,7 @@ from lepton_runtime.errors import (
     AccessDeniedError,
     BadRequestError,
     ConfigurationError,
+    DiskUnavailableError,
     ForbiddenLocationError,
     LeptonError,
     ModelNotReadyError,
@@ -72,6 +73,7 @@ _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (ObjectChangedError, 412),  # Precondition Failed: Knative does not retry it
     (AccessDeniedError, 403),
     (StorageUnavailableError, 503),
+    (DiskUnavailableError, 503),  # the model cache's disk full or read-only: retried
     # Unknown 4xx from the store, objects that are not the JSON they must be: permanent.
     (StorageError, 422),
     # Raised at start-up only: a process with an impossible configuration never serves.

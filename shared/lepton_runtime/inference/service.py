@@ -28,8 +28,10 @@ from lepton_runtime.errors import (
     BadRequestError,
     LeptonError,
     NotFoundError,
+    ObjectChangedError,
     PayloadTooLargeError,
     StorageError,
+    StorageUnavailableError,
     UnsupportedMediaTypeError,
     raise_if_transient,
 )
@@ -85,6 +87,7 @@ _INLINE_TYPES = ("application/octet-stream", "multipart/form-data")
 # What clients send when they do not say (curl -d / --data-binary, plain text): sniffed.
 _GENERIC_TYPES = ("", "application/x-www-form-urlencoded", "text/plain")
 _MAX_RESULT_BYTES = 1024 * 1024
+_RESULT_ATTEMPTS = 8  # conditional writes of a result that others keep changing, then 503
 # `POST /?model=<name>`: the model an image, form or TF-Serving body is for (default otherwise).
 MODEL_PARAMETER = "model"
 
@@ -529,10 +532,11 @@ class InferenceService:
 
         The result is written with a conditional PUT (If-None-Match: *), so the usual case
         costs one read and one write; only when a result is already there is it read, and it
-        is kept when it describes the same object (same ETag).
+        is kept when it describes the same object (same ETag). A result of another object is
+        replaced only while the object classified is still the one at its key: when two
+        uploads of one key are classified at once, the newer one's result stays.
         """
         result_key = self.settings.results.key(f"{ref.key}.json")
-        bucket = self.settings.results.bucket
         try:
             # The object the event names, not whatever holds its key now: an overwritten
             # object is answered as stale (its own event classifies the new bytes).
@@ -567,17 +571,54 @@ class InferenceService:
             }
         except (ImageError, LeptonError) as exc:
             body = {"model": model, "error": error_body(exc)["error"], "source": source}
-        if self.storage.put_json(bucket, result_key, body, if_absent=True) is None:
-            existing = self.storage.get_json(bucket, result_key, _MAX_RESULT_BYTES, missing_ok=True)
-            if _same_source(existing, obj.etag):
+        return self._write_result(ref, obj.etag, result_key, body)
+
+    def _write_result(
+        self, ref: ObjectRef, etag: str | None, result_key: str, body: dict[str, Any]
+    ) -> ObjectOutcome:
+        """Write the result `body` of the object with ETag `etag`, unless a result of that same
+        object is there (a redelivery: the first is returned) or the object was overwritten
+        since and the newer one's result is there (ours is stale, object_changed)."""
+        bucket = self.settings.results.bucket
+        written = self.storage.put_json(bucket, result_key, body, if_absent=True)
+        for _ in range(_RESULT_ATTEMPTS):
+            if written is not None:
+                break
+            found = self.storage.read_json(bucket, result_key, _MAX_RESULT_BYTES)
+            if found is None:  # deleted since our write was refused: create it again
+                written = self.storage.put_json(bucket, result_key, body, if_absent=True)
+                continue
+            existing, existing_etag = found
+            if _same_source(existing, etag):
                 self.metrics.object_event("duplicate")
                 return ObjectOutcome(
                     ref, existing, result_key, existing.get("error"), duplicate=True
                 )
-            self.storage.put_json(bucket, result_key, body)  # the result of an older upload
+            # Another object's result. It is replaced only while the object read is still the
+            # one at the key (else it is the newer upload's, and ours is stale), and only as
+            # it was read (If-Match), so a result written meanwhile is looked at again.
+            try:
+                self._check_current(ref, etag)
+            except StorageError as exc:
+                raise_if_transient(exc)
+                self.metrics.object_event("failed")
+                return ObjectOutcome(ref, None, None, error_body(exc)["error"])
+            written = self.storage.put_json(bucket, result_key, body, if_match=existing_etag)
+        if written is None:
+            raise StorageUnavailableError(f"s3://{bucket}/{result_key} kept changing")
         outcome = "failed" if "error" in body else "completed"
         self.metrics.object_event(outcome)
         return ObjectOutcome(ref, body, result_key, body.get("error"))
+
+    def _check_current(self, ref: ObjectRef, etag: str | None) -> None:
+        """ObjectChangedError unless the object at `ref`'s key still has ETag `etag`
+        (ObjectNotFoundError when it is gone)."""
+        current = self.storage.head(ref.bucket, ref.key).etag
+        if etag and current != etag:
+            raise ObjectChangedError(
+                f"s3://{ref.bucket}/{ref.key} was overwritten while it was classified; "
+                "the newer object's result is kept"
+            )
 
     def _reply(
         self, event: InboundEvent, classifier: Classifier, outcomes: list[ObjectOutcome]

@@ -34,6 +34,7 @@ from typing import Any
 from lepton_model.artifacts import METADATA_FILE, TFLITE_FILE, ModelMetadata, runtime_file
 from lepton_model.errors import ArtifactError
 from lepton_runtime.errors import (
+    DiskUnavailableError,
     ObjectNotFoundError,
     StorageUnavailableError,
 )
@@ -334,15 +335,25 @@ class ModelStore:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write `path` whole or not at all (a temporary file beside it, then a rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    """Write `path` whole or not at all (a temporary file beside it, then a rename).
+
+    A disk that cannot take the file (full, read-only, the folder gone) is DiskUnavailableError:
+    transient, so the request that needed the file is answered 503 and delivered again, not
+    failed for good as a bug would be.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    except OSError as exc:
+        raise DiskUnavailableError(f"cannot write {path}: {exc}") from exc
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as exc:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise DiskUnavailableError(f"cannot write {path}: {exc}") from exc
         raise
 
 

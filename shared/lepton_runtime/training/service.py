@@ -30,13 +30,14 @@ from cloudevents.http import CloudEvent
 from flask import Request, Response
 
 from lepton_model import datasets as ds
-from lepton_model.artifacts import KERAS_FILE, METADATA_FILE, export_artifact
+from lepton_model.artifacts import KERAS_FILE, METADATA_FILE, ModelMetadata, export_artifact
 from lepton_model.datasets import MANIFEST_NAME
 from lepton_model.errors import DatasetError, LeptonModelError
 from lepton_model.input_choice import InputChoice, choose_input
 from lepton_runtime import jsonio
 from lepton_runtime.errors import (
     BadRequestError,
+    ObjectNotFoundError,
     ObjectTooLargeError,
     StorageError,
     TrainingBusyError,
@@ -294,7 +295,11 @@ class TrainingService:
         lease = _Heartbeat(self.store, claim, self.settings.training_lease_seconds / 3)
         try:
             with lease:
-                outcome = self._train_and_publish(loaded, claim, lease, started, status)
+                stored = self._stored_version(job.model_name, run_id)
+                if stored is not None:
+                    outcome = self._adopt(loaded, claim, stored, started)
+                else:
+                    outcome = self._train_and_publish(loaded, claim, lease, started, status)
             self.store.finish_run(claim, outcome.data)
         except BaseException:
             if not lease.lost:
@@ -495,7 +500,7 @@ class TrainingService:
             },
         )
         self.metrics.object_event("completed")
-        data = self._published_reply(loaded, version, trained, published, started)
+        data = self._published_reply(loaded, version, published, started)
         return TrainingOutcome(MODEL_PUBLISHED, data)
 
     def _fit(self, loaded: _Loaded, version: str, lease: _Heartbeat, status: TrainingStatus) -> Any:
@@ -559,35 +564,78 @@ class TrainingService:
                     "live_test_accuracy": live_accuracy,
                     "source": job.source.describe(),
                     "input_chosen": loaded.choice.reasons if loaded.choice else {},
+                    # Which run stored it, and when that run started (the pointer's order):
+                    # a later attempt of the run adopts the version instead of training again.
+                    "run": claim.run_id,
+                    "trained_at": float(claim.body["started"]),
                 },
             )
             lease.check()
             self.store.upload_version(name, version, Path(tmp))
         if promoted:
             lease.check()
-            move = self.store.advance_pointer(
-                name,
-                version,
-                {
-                    "published": _now(),
-                    "trained_at": float(claim.body["started"]),
-                    "test_accuracy": trained.evaluation.accuracy,
-                    "val_accuracy": trained.validation.accuracy,
-                    "labels": list(trained.class_names),
-                },
-            )
-            if not move.moved:
-                promoted = False
-                reason = f"a version trained later ({move.live}) is live"
+            promoted, reason = self._make_live(metadata, float(claim.body["started"]), reason)
         return _Published(promoted, reason, live, live_accuracy, metadata)
 
+    def _make_live(
+        self, metadata: ModelMetadata, trained_at: float, reason: str
+    ) -> tuple[bool, str]:
+        """Move the pointer to a stored version unless one trained later is live; returns
+        (live, why)."""
+        move = self.store.advance_pointer(
+            metadata.name,
+            metadata.version,
+            {
+                "published": _now(),
+                "trained_at": trained_at,
+                "test_accuracy": metadata.metrics["test_accuracy"],
+                "val_accuracy": metadata.metrics["val_accuracy"],
+                "labels": list(metadata.labels),
+            },
+        )
+        if move.live != metadata.version:
+            return False, f"a version trained later ({move.live}) is live"
+        return True, reason
+
+    def _stored_version(self, name: str, run_id: str) -> ModelMetadata | None:
+        """The version an earlier attempt of this run stored whole (its metadata.json, written
+        after every other file, names the run), or None. An attempt that stored its version
+        and then stopped (killed before the pointer or the run's record was written, or the
+        store failing just then) is answered from that version, never trained again."""
+        for version in reversed(self.store.versions(name)):
+            if not version.endswith(f"-{run_id[:8]}"):  # versions end with their run's id
+                continue
+            try:
+                raw = self.store.metadata(name, version)
+            except ObjectNotFoundError:
+                continue  # stored in part: metadata.json is written last
+            if raw.get("training", {}).get("run") == run_id:
+                return ModelMetadata.from_dict(raw)
+        return None
+
+    def _adopt(
+        self, loaded: _Loaded, claim: Claim, metadata: ModelMetadata, started: float
+    ) -> TrainingOutcome:
+        """Finish a run from the version an earlier attempt stored: make it live as its gate
+        decided then (unless a version trained later is live now), and reply as that attempt
+        would have."""
+        training = metadata.training
+        promoted, reason = bool(training.get("promoted")), str(training.get("gate", ""))
+        if promoted:
+            promoted, reason = self._make_live(metadata, float(training["trained_at"]), reason)
+        log.info(
+            "an earlier attempt of this run stored its version: adopted, not trained again",
+            extra={"model": metadata.name, "version": metadata.version, "promoted": promoted},
+        )
+        claim.body["version"] = metadata.version
+        live, live_accuracy = training.get("live_version"), training.get("live_test_accuracy")
+        published = _Published(promoted, reason, live, live_accuracy, metadata)
+        self.metrics.object_event("completed")
+        data = self._published_reply(loaded, metadata.version, published, started)
+        return TrainingOutcome(MODEL_PUBLISHED, data)
+
     def _published_reply(
-        self,
-        loaded: _Loaded,
-        version: str,
-        trained: Any,
-        published: _Published,
-        started: float,
+        self, loaded: _Loaded, version: str, published: _Published, started: float
     ) -> dict[str, Any]:
         """The data of the ai.lepton.model.published reply (and of the run's done record)."""
         job, dataset, metadata = loaded.job, loaded.dataset, published.metadata
@@ -625,9 +673,9 @@ class TrainingService:
                 "chosen_from_data": loaded.choice.reasons if loaded.choice else {},
             },
             "training": {
-                "epochs_run": trained.epochs_run,
+                "epochs_run": metadata.training["epochs_run"],
                 "seconds": round(time.perf_counter() - started, 2),
-                "images_per_second": round(trained.images_per_second, 1),
+                "images_per_second": metadata.training["images_per_second"],
             },
         }
 

@@ -119,6 +119,32 @@ def test_an_upload_under_a_published_models_folder_is_classified_by_it(
     assert result["model"] == {"name": "colours", "version": "c1"}
 
 
+def test_an_upload_whose_model_cannot_be_cached_is_retried_not_failed(
+    client, settings, publish, s3_record, upload, digit_png, s3
+) -> None:
+    # The cache cannot take the model's files (a disk full or read-only plays the same way):
+    # the upload must come back (503), not be answered with a `failed` event and lost.
+    publish("c1", model="colours")
+    blocked = settings.model_cache_dir / "colours"
+    blocked.parent.mkdir(parents=True, exist_ok=True)
+    blocked.write_bytes(b"not a folder")
+    etag = upload("images/colours/red.png", digit_png[4])
+    event = {"Records": [s3_record("images/colours/red.png", etag)]}
+
+    refused = client.post("/", json=event)
+    blocked.unlink()
+    redelivered = client.post("/", json=event)
+
+    assert refused.status_code == 503, refused.get_data(as_text=True)
+    assert refused.headers["Retry-After"] == "1"
+    assert refused.get_json()["error"]["code"] == "disk_unavailable"
+    assert redelivered.headers["ce-type"] == "ai.lepton.inference.completed"
+    result = json.loads(
+        s3.get_object(Bucket="lepton-results", Key="images/colours/red.png.json")["Body"].read()
+    )
+    assert result["model"] == {"name": "colours", "version": "c1"}
+
+
 def test_an_upload_under_any_other_folder_is_classified_by_the_default(
     client, publish, s3_record, upload, digit_png, s3
 ) -> None:

@@ -357,6 +357,46 @@ def test_an_event_for_an_overwritten_object_is_stale_not_the_new_bytes(
     assert "Contents" not in s3.list_objects_v2(Bucket="lepton-results")
 
 
+def test_a_new_upload_of_a_key_replaces_the_older_uploads_result(
+    s3_record, client, s3, upload, digit_png
+) -> None:
+    first = upload("images/f.png", digit_png[1])
+    client.post("/", json={"Records": [s3_record("images/f.png", first)]})
+    second = upload("images/f.png", digit_png[7])
+
+    client.post("/", json={"Records": [s3_record("images/f.png", second)]})
+
+    result = result_of(s3, "images/f.png")
+    assert (result["source"]["etag"], result["predictions"][0]["label"]) == (second, "7")
+
+
+def test_two_uploads_of_a_key_classified_at_once_keep_the_newer_ones_result(
+    s3_record, client, service, settings, client_for, s3, upload, digit_png, monkeypatch
+) -> None:
+    # Replica A reads the first upload; before it writes the result the key is overwritten
+    # and replica B writes the second upload's result. A must not replace it with its own.
+    other = InferenceService(settings, Storage.from_settings(settings))
+    assert other.registry.refresh()
+    replica_b = client_for(other, settings)
+    old = upload("images/g.png", digit_png[1])
+    write = service.storage.put_json
+    raced: list[str] = []
+
+    def newer_upload_lands_first(bucket: str, key: str, value: Any, **options: Any) -> Any:
+        if key == "images/g.png.json" and not raced:
+            raced.append(upload("images/g.png", digit_png[7]))
+            replica_b.post("/", json={"Records": [s3_record("images/g.png", raced[0])]})
+        return write(bucket, key, value, **options)
+
+    monkeypatch.setattr(service.storage, "put_json", newer_upload_lands_first)
+
+    response = client.post("/", json={"Records": [s3_record("images/g.png", old)]})
+
+    result = result_of(s3, "images/g.png")
+    assert (result["source"]["etag"], result["predictions"][0]["label"]) == (raced[0], "7")
+    assert reply_of(response).data["error"]["code"] == "object_changed"
+
+
 def test_not_an_image_upload_replies_failed_and_records_the_error(
     s3_record, client, s3, upload
 ) -> None:

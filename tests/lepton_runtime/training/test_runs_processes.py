@@ -1,6 +1,7 @@
 """Training runs in real `lepton serve train` processes against a real moto server: two
 replicas given the same delivery at once, a replica killed with SIGKILL in the middle of a run
-and the delivery redelivered to another, and two trainings racing for the pointer.
+(or once its version is stored, before the pointer) and the delivery redelivered to another, the
+store failing the run's last write, and two trainings racing for the pointer.
 
 What must hold: one version per run whatever happens, a crashed run taken over within its lease,
 and the pointer only ever moving to a later training.
@@ -29,6 +30,7 @@ from lepton_model import digits
 from lepton_runtime.models.store import ModelStore
 from lepton_runtime.settings import Location
 from lepton_runtime.storage import Storage
+from s3_fault_proxy import FaultyS3Proxy
 
 pytestmark = pytest.mark.slow
 
@@ -57,13 +59,15 @@ def start_replicas(
     serve_function, buckets: dict[str, str], oidc
 ) -> Callable[[int], list[tuple[Any, str]]]:
     """Start `count` more training replicas on the shared buckets, side by side (each start is
-    mostly TensorFlow's import in its own process), and wait until every one is ready."""
+    mostly TensorFlow's import in its own process), and wait until every one is ready; with
+    `endpoint`, they reach S3 there (a fault proxy)."""
 
-    def start() -> tuple[Any, str]:
+    def start(endpoint: str | None = None) -> tuple[Any, str]:
         process, url = serve_function(
             FUNCTION_DIR,
             {
                 **oidc.env(AUDIENCE),
+                **({"AWS_ENDPOINT_URL": endpoint} if endpoint else {}),
                 "LEPTON_UPLOADS_BUCKET": buckets["uploads"],
                 "LEPTON_RESULTS_BUCKET": buckets["results"],
                 "LEPTON_MODELS_BUCKET": buckets["models"],
@@ -80,9 +84,9 @@ def start_replicas(
             time.sleep(0.2)
         return process, url
 
-    def start_many(count: int) -> list[tuple[Any, str]]:
+    def start_many(count: int, endpoint: str | None = None) -> list[tuple[Any, str]]:
         with ThreadPoolExecutor(count) as pool:
-            return list(pool.map(lambda _: start(), range(count)))
+            return list(pool.map(lambda _: start(endpoint), range(count)))
 
     return start_many
 
@@ -203,3 +207,50 @@ def test_a_training_that_started_earlier_and_finished_later_does_not_win_the_poi
     assert "trained later" in late["gate"]
     assert store.pointer("race").version == fast["version"]
     assert sorted(store.versions("race")) == sorted([fast["version"], late["version"]])
+
+
+def test_a_run_whose_record_the_store_failed_to_finish_is_not_trained_again(
+    start_replicas, buckets: dict[str, str], store: ModelStore, proxy: FaultyS3Proxy
+) -> None:
+    # The version is stored and live; then S3 fails the run record's last write through
+    # botocore's retries: the delivery is answered 503 and comes again.
+    dataset = _upload(buckets, "datasets/blip.zip", _dataset(10))
+    proxy.fail_puts("/_runs/", times=3, after="/latest.json")
+    ((_, url),) = start_replicas(1, proxy.url)
+    request = {"dataset": dataset, "model": "blip", "epochs": 3}
+    failed = requests.post(url, json=request, headers=_HEADERS, timeout=600)
+    (first,) = store.versions("blip")
+
+    reply = _train(url, request)
+
+    assert failed.status_code == 503 and proxy.failed["/_runs/"] == 3
+    assert reply["version"] == first and reply["promoted"] is True
+    assert store.versions("blip") == [first]
+    assert store.pointer("blip").version == first
+    (record,) = store.runs("blip").values()
+    assert record.status == "done" and record.body["version"] == first
+
+
+def test_a_run_killed_once_its_version_is_stored_is_adopted_by_the_redelivery(
+    start_replicas, buckets: dict[str, str], store: ModelStore, proxy: FaultyS3Proxy
+) -> None:
+    dataset = _upload(buckets, "datasets/held.zip", _dataset(10))
+    proxy.hold_puts("/held/latest.json")  # the version is whole; the pointer never moves
+    request = {"dataset": dataset, "model": "held", "epochs": 3}
+    ((first, first_url),) = start_replicas(1, proxy.url)
+    ((_, second_url),) = start_replicas(1)
+    threading.Thread(target=_post_until_killed, args=(first_url, request), daemon=True).start()
+    deadline = time.monotonic() + 120
+    while not proxy.saw("PUT", "/held/latest.json"):
+        assert time.monotonic() < deadline, "the first replica never reached the pointer"
+        time.sleep(0.05)
+    _kill_tree(first.pid)
+    (stored,) = store.versions("held")
+
+    reply = _train(second_url, request)
+
+    assert reply["version"] == stored and reply["promoted"] is True
+    assert store.versions("held") == [stored]
+    assert store.pointer("held").version == stored
+    (record,) = store.runs("held").values()
+    assert record.status == "done" and record.body["took_over_from"]
