@@ -57,12 +57,12 @@ def store(buckets: dict[str, str]) -> ModelStore:
 @pytest.fixture
 def start_replicas(
     serve_function, buckets: dict[str, str], oidc
-) -> Callable[[int], list[tuple[Any, str]]]:
+) -> Callable[..., list[tuple[Any, str]]]:
     """Start `count` more training replicas on the shared buckets, side by side (each start is
     mostly TensorFlow's import in its own process), and wait until every one is ready; with
-    `endpoint`, they reach S3 there (a fault proxy)."""
+    `endpoint`, they reach S3 there (a fault proxy); `lease`: their training lease, seconds."""
 
-    def start(endpoint: str | None = None) -> tuple[Any, str]:
+    def start(endpoint: str | None = None, lease: float = LEASE_SECONDS) -> tuple[Any, str]:
         process, url = serve_function(
             FUNCTION_DIR,
             {
@@ -72,7 +72,7 @@ def start_replicas(
                 "LEPTON_RESULTS_BUCKET": buckets["results"],
                 "LEPTON_MODELS_BUCKET": buckets["models"],
                 "LEPTON_MIN_ACCURACY": "0",
-                "LEPTON_TRAINING_LEASE_SECONDS": str(LEASE_SECONDS),
+                "LEPTON_TRAINING_LEASE_SECONDS": str(lease),
                 "LEPTON_WORKERS": "1",
             },
             role="train",
@@ -84,9 +84,11 @@ def start_replicas(
             time.sleep(0.2)
         return process, url
 
-    def start_many(count: int, endpoint: str | None = None) -> list[tuple[Any, str]]:
+    def start_many(
+        count: int, endpoint: str | None = None, lease: float = LEASE_SECONDS
+    ) -> list[tuple[Any, str]]:
         with ThreadPoolExecutor(count) as pool:
-            return list(pool.map(lambda _: start(endpoint), range(count)))
+            return list(pool.map(lambda _: start(endpoint, lease), range(count)))
 
     return start_many
 
@@ -216,7 +218,8 @@ def test_a_run_whose_record_the_store_failed_to_finish_is_not_trained_again(
     # botocore's retries: the delivery is answered 503 and comes again.
     dataset = _upload(buckets, "datasets/blip.zip", _dataset(10))
     proxy.fail_puts("/_runs/", times=3, after="/latest.json")
-    ((_, url),) = start_replicas(1, proxy.url)
+    # A lease no renewal falls within: the 3 failures are all the run record's last write's.
+    ((_, url),) = start_replicas(1, proxy.url, lease=600)
     request = {"dataset": dataset, "model": "blip", "epochs": 3}
     failed = requests.post(url, json=request, headers=_HEADERS, timeout=600)
     (first,) = store.versions("blip")
