@@ -332,7 +332,7 @@ class LocalStack:
         parts = self._parts()
         for part in parts:
             part.start()
-        self.supervisor.parts.extend(parts)
+            self.supervisor.parts.append(part)  # stopped by shutdown() from now on
         self._save()
         for part in parts:
             part.wait_healthy(60)
