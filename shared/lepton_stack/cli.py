@@ -14,6 +14,7 @@ lepton logs [PART] [-f]     show a part's log
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import mimetypes
 import os
@@ -90,10 +91,17 @@ def cmd_up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        print("Stopping ...", flush=True)
+        _say("Stopping ...")
         stack.shutdown()
-    print("Stopped.")
+    _say("Stopped.")
     return 0
+
+
+def _say(line: str) -> None:
+    """Print a line of the stop, which goes on when the terminal went first (a `| tee` that the
+    same Ctrl-C ended, a closed window)."""
+    with contextlib.suppress(OSError):
+        print(line, flush=True)
 
 
 def _already_running(layout: StackLayout) -> int:

@@ -425,10 +425,11 @@ class LocalStack:
         write_state(self.layout, self.state())
 
     def run(self) -> None:
-        """Supervise until SIGTERM/SIGINT, then stop everything."""
+        """Supervise until SIGTERM/SIGINT/SIGHUP (`lepton down`, Ctrl-C, the terminal closed),
+        then stop everything."""
         assert self.supervisor is not None
-        signal.signal(signal.SIGTERM, lambda *_: self.supervisor.stop())  # type: ignore[union-attr]
-        signal.signal(signal.SIGINT, lambda *_: self.supervisor.stop())  # type: ignore[union-attr]
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, lambda *_: self.supervisor.stop())  # type: ignore[union-attr]
         self.supervisor.watch()
 
     def shutdown(self) -> None:

@@ -4,6 +4,7 @@ as the supervisor), fake function servers and a real moto server."""
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import re
@@ -744,3 +745,48 @@ def test_reset_forgets_what_a_stopped_stack_kept_and_refuses_while_it_runs(
     code, out, _ = lepton("reset")
     assert code == 0 and "starts clean" in out
     assert not layout.buckets.exists()
+
+
+class _ClosedTerminal(io.TextIOBase):
+    """stdout once the terminal is gone: a `| tee` that the same Ctrl-C ended, a closed window."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+class _StackInterruptedWithItsTerminal:
+    """Plays LocalStack for `lepton up`: ready at once, then Ctrl-C takes the terminal with it."""
+
+    shut_down = False
+
+    def __init__(self, layout: StackLayout) -> None:
+        from lepton_stack.state import StackLock
+
+        self.lock = StackLock(layout)
+        self.model_version, self.model_accuracy = "20240101-000000-abcdef12", None
+
+    def start(self, progress: Callable[[str], None]) -> None:
+        progress("every part is up")
+
+    def run(self) -> None:
+        sys.stdout = _ClosedTerminal()
+        raise KeyboardInterrupt
+
+    def shutdown(self) -> None:
+        type(self).shut_down = True
+        self.lock.release()
+
+
+def test_up_still_stops_its_stack_when_ctrl_c_closed_its_output(
+    lepton: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make run | tee run.log`, then Ctrl-C: the stop (the buckets kept once more, stack.json
+    written) is not skipped for the "Stopping ..." line that can no longer be printed."""
+    monkeypatch.setattr("lepton_runtime.logs.configure", lambda *_: None)
+    monkeypatch.setattr("lepton_stack.stack.write_samples", lambda layout: [])
+    monkeypatch.setattr("lepton_stack.stack.LocalStack", _StackInterruptedWithItsTerminal)
+    monkeypatch.setattr(sys, "stdout", sys.stdout)  # put back after the test
+
+    lepton("up")
+
+    assert _StackInterruptedWithItsTerminal.shut_down
