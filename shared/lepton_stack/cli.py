@@ -368,8 +368,17 @@ def cmd_put(args: argparse.Namespace) -> int:
     files, missing = _image_files(args.files)
     if missing:
         return _fail(f"{missing[0]}: no such file or folder")
-    for path in files:
+    named: dict[str, Path] = {}
+    for path in files:  # each is uploaded under its name alone: two of one name would be one
         key = f"{args.prefix.rstrip('/')}/{path.name}"
+        if key in named and named[key].resolve() != path.resolve():
+            return _fail(
+                f"{named[key]} and {path} would both be uploaded as s3://{uploads}/{key}, the "
+                "second replacing the first: nothing was uploaded; rename one, or put them in "
+                "separate runs"
+            )
+        named[key] = path
+    for key, path in named.items():
         etag = s3.put_object(
             Bucket=uploads,
             Key=key,

@@ -443,6 +443,24 @@ def test_put_uploads_the_files_under_images(
     assert head["ContentType"] == "image/png"
 
 
+def test_put_refuses_two_files_that_would_be_one_upload_and_uploads_nothing(
+    moto_lepton: Run, moto_stack: dict[str, Any], moto_layout: StackLayout, tmp_path: Path
+) -> None:
+    """A <label>/<image> folder often repeats names (circle/1.png, square/1.png): each file is
+    uploaded as images/<its name>, so the second would replace the first, unreported."""
+    for label in ("circle", "square"):
+        (tmp_path / "fresh" / label).mkdir(parents=True)
+        (tmp_path / "fresh" / label / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n" + label.encode())
+
+    code, out, err = moto_lepton("put", "--wait", "--timeout", "5", str(tmp_path / "fresh"))
+
+    assert code == 1 and out == ""
+    assert f"{tmp_path}/fresh/circle/1.png and {tmp_path}/fresh/square/1.png" in err
+    assert "images/1.png" in err
+    listing = aws_client(moto_layout, "s3").list_objects_v2(Bucket=moto_layout.uploads)
+    assert listing.get("KeyCount") == 0
+
+
 def test_put_wait_shows_each_result_as_it_lands(
     moto_lepton: Run,
     moto_stack: dict[str, Any],
