@@ -126,7 +126,9 @@ def _up_detached(args: argparse.Namespace, layout: StackLayout) -> int:
     from lepton_stack.stack import ready_message
 
     layout.logs.mkdir(parents=True, exist_ok=True)
-    log = (layout.logs / "stack.log").open("ab")
+    log_file = layout.logs / "stack.log"
+    log = log_file.open("ab")
+    start = log.tell()  # what this start writes, not what earlier ones did
     child = subprocess.Popen(
         [
             sys.executable,
@@ -148,7 +150,15 @@ def _up_detached(args: argparse.Namespace, layout: StackLayout) -> int:
     print("Starting the Lepton functions stack in the background ...", flush=True)
     while time.monotonic() < deadline:
         if child.poll() is not None:
-            return _fail(f"the stack failed to start; see {layout.logs / 'stack.log'}")
+            with log_file.open("rb") as written:
+                written.seek(start)
+                reasons = [
+                    line.removeprefix("lepton: ")
+                    for line in written.read().decode(errors="replace").splitlines()
+                    if line.startswith("lepton: ")
+                ]
+            why = f": {'; '.join(reasons)}" if reasons else ""
+            return _fail(f"the stack failed to start{why}; see {log_file}")
         try:
             state = read_state(layout)
         except (StackNotRunningError, ValueError):

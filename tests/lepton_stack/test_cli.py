@@ -174,6 +174,32 @@ def test_up_detach_passes_the_chosen_ports_to_the_background_stack(
     ]
 
 
+def test_up_detach_that_fails_says_why_not_only_where_the_log_is(
+    lepton: Run, layout: StackLayout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layout.logs.mkdir(parents=True)
+    (layout.logs / "stack.log").write_text("lepton: what went wrong the time before\n")
+
+    class PortTaken:
+        pid = 1
+
+        def __init__(self, command: list[str], stdout: Any, **_: Any) -> None:
+            stdout.write(b"Starting the Lepton functions stack ...\n")
+            stdout.write(b"lepton: port 4566 (s3) is in use on 127.0.0.1\nStopping ...\n")
+            stdout.flush()
+
+        def poll(self) -> int:
+            return 1
+
+    monkeypatch.setattr(subprocess, "Popen", PortTaken)
+    code, _, err = lepton("up", "--detach")
+
+    assert code == 1
+    assert "port 4566 (s3) is in use on 127.0.0.1" in err
+    assert "the time before" not in err
+    assert str(layout.logs / "stack.log") in err
+
+
 # -- env -----------------------------------------------------------------------------------------
 
 
