@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lepton_model.datasets import MANIFEST_NAME, DatasetLimits, is_ignored, scan_directory
+from lepton_model.datasets import (
+    MANIFEST_NAME,
+    DatasetLimits,
+    is_ignored,
+    label_of,
+    label_paths,
+    scan_directory,
+)
 from lepton_model.errors import DatasetError
 
 EXIT_LIVE, EXIT_FAILED, EXIT_USAGE, EXIT_HELD_BACK = 0, 1, 2, 3
@@ -67,8 +74,10 @@ def archive_folder(
         raise FolderError(
             f"{folder} is beyond the training function's dataset limits: {exc}"
         ) from exc
-    labels = sorted({path.split("/", 1)[0] for path in files if "/" in path})
-    loose = [path for path in files if "/" not in path]
+    # Labelled as the training function will label them (a shared wrapper folder dropped).
+    found = [label_of(path) for path in label_paths(files)]
+    labels = sorted({label for label in found if label is not None})
+    loose = [path for path, label in zip(files, found, strict=True) if label is None]
     if loose:
         raise FolderError(
             f"{folder} has files outside label folders ({', '.join(loose[:3])}); expected "
