@@ -165,7 +165,12 @@ def _up_detached(args: argparse.Namespace, layout: StackLayout) -> int:
             state = {}
         if state.get("status") == "ready" and state.get("pid") == child.pid:
             print(
-                ready_message(layout, state.get("model_version"), state.get("model_test_accuracy"))
+                ready_message(
+                    layout,
+                    state.get("model_version"),
+                    state.get("model_test_accuracy"),
+                    detached=True,
+                )
             )
             return 0
         time.sleep(0.3)

@@ -200,6 +200,26 @@ def test_up_detach_that_fails_says_why_not_only_where_the_log_is(
     assert str(layout.logs / "stack.log") in err
 
 
+def test_up_detach_when_ready_says_to_stop_it_with_down_not_ctrl_c(
+    lepton: Run, layout: StackLayout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Ready:
+        pid = os.getpid()
+
+        def __init__(self, command: list[str], **_: Any) -> None:
+            fake_state(layout, pid=self.pid)
+
+        def poll(self) -> None:
+            return None
+
+    monkeypatch.setattr(subprocess, "Popen", Ready)
+    code, out, _ = lepton("up", "--detach")
+
+    assert code == 0 and "is live" in out
+    (stop,) = [line for line in out.splitlines() if line.startswith("Stop:")]
+    assert "lepton down" in stop and "Ctrl-C" not in stop
+
+
 # -- env -----------------------------------------------------------------------------------------
 
 
