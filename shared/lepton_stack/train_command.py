@@ -33,7 +33,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
 class FolderError(Exception):
-    """The folder cannot be a dataset; nothing was uploaded."""
+    """The folder cannot be a dataset, or the options cannot train; nothing was uploaded."""
 
 
 @dataclass(frozen=True)
@@ -64,10 +64,11 @@ def model_name_for(folder: Path, name: str | None) -> str:
 def archive_folder(
     folder: Path, name: str, options: dict[str, Any], limits: DatasetLimits
 ) -> Upload:
-    """Check the folder against the training function's limits and shape, then zip it with a
-    manifest.json of `options` as the first member."""
+    """Check the folder against the training function's limits and shape, and `options` as
+    it parses them, then zip it with a manifest.json of `options` as the first member."""
     if not folder.is_dir():
         raise FolderError(f"{folder} is not a folder of <label>/<image> files")
+    _check_options(options, name)
     try:
         files = [path for path, _ in scan_directory(folder, limits) if not is_ignored(path)]
     except DatasetError as exc:
@@ -98,6 +99,18 @@ def archive_folder(
             f"{limits.violation('max_archive_bytes', f'its zip is {len(data)} bytes')}"
         )
     return Upload(name, data, len(files), tuple(labels))
+
+
+def _check_options(options: dict[str, Any], name: str) -> None:
+    """FolderError for options the training function would refuse, before anything is
+    uploaded (a refused upload would still replace the dataset of that name)."""
+    from lepton_runtime.errors import BadRequestError
+    from lepton_runtime.training.requests import DatasetSource, parse_options
+
+    try:
+        parse_options({**options, "model": name}, name, DatasetSource("archive", name=name))
+    except BadRequestError as exc:
+        raise FolderError(str(exc)) from exc
 
 
 def follow(

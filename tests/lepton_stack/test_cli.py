@@ -660,6 +660,34 @@ def test_train_refuses_a_folder_beyond_the_dataset_limits_before_uploading(
     assert limit in err
 
 
+@pytest.mark.parametrize(
+    ("option", "refusal"),
+    [
+        ("--epochs=0", "epochs must be between 1 and 1000"),
+        ("--batch-size=0", "batch_size must be between 1 and 4096"),
+        ("--learning-rate=-1", "learning_rate must be in (0, 1)"),
+        ("--image-size=4000", "height and width must be between 4 and 1024 pixels"),
+    ],
+)
+def test_train_refuses_options_the_training_function_would_refuse_before_uploading(
+    lepton: Run,
+    layout: StackLayout,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    option: str,
+    refusal: str,
+) -> None:
+    """Exit 2, "the folder or options are wrong", and the dataset of that name left as it was."""
+    fake_state(layout)
+    monkeypatch.setattr("lepton_stack.cli._s3", lambda state: pytest.fail("uploaded"))
+    for label in ("0", "1"):
+        (tmp_path / "set" / label).mkdir(parents=True)
+        (tmp_path / "set" / label / "a.png").write_bytes(b"12345")
+    code, _, err = lepton("train", str(tmp_path / "set"), option)
+    assert code == 2
+    assert refusal in err
+
+
 def test_predict_classifies_the_images_in_a_folder(
     lepton: Run, subscriber: Subscriber, tmp_path: Path
 ) -> None:
