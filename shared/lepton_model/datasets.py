@@ -543,9 +543,9 @@ def from_files(
     decoded = _decode_all(files, prep, image_limits, limits)
     if not decoded:
         raise DatasetError("the dataset holds no files; expected <label>/<image> files")
-    depth = _wrapper_depth([item.path for item in decoded])
-    items = [item._replace(path=_strip(item.path, depth)) for item in decoded]
-    loose = [item.path for item in items if len(PurePosixPath(item.path).parts) < 2]
+    paths = label_paths([item.path for item in decoded])
+    items = [item._replace(path=path) for item, path in zip(decoded, paths, strict=True)]
+    loose = [item.path for item in items if label_of(item.path) is None]
     if loose:
         raise DatasetError(
             "some files are not inside a label folder; expected <label>/<image>",
@@ -561,7 +561,7 @@ def from_files(
             + (f" ({more} not listed)" if more else ""),
             shown,
         )
-    folders = [PurePosixPath(item.path).parts[-2] for item in items]
+    folders = [str(label_of(item.path)) for item in items]
     class_names = tuple(sorted(set(folders), key=_label_sort_key))
     index = {name: i for i, name in enumerate(class_names)}
     labels = [index[folder] for folder in folders]
@@ -635,6 +635,19 @@ def _decode_all(
             )
         decoded.append(_File(path, image, hashlib.sha256(data).hexdigest(), path))
     return decoded
+
+
+def label_paths(paths: Sequence[str]) -> list[str]:
+    """`paths` as training reads them: without the folders that all of them share above their
+    label folders (`digits/3/a.png` -> `3/a.png`). `label_of` tells each one's label."""
+    depth = _wrapper_depth(paths) if paths else 0
+    return [_strip(path, depth) for path in paths]
+
+
+def label_of(path: str) -> str | None:
+    """The label of a path `label_paths` gave: the folder the file is in (None: in none)."""
+    parts = PurePosixPath(path).parts
+    return parts[-2] if len(parts) >= 2 else None
 
 
 def _wrapper_depth(paths: Sequence[str]) -> int:

@@ -14,6 +14,7 @@ lepton logs [PART] [-f]     show a part's log
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import mimetypes
 import os
@@ -90,10 +91,17 @@ def cmd_up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        print("Stopping ...", flush=True)
+        _say("Stopping ...")
         stack.shutdown()
-    print("Stopped.")
+    _say("Stopped.")
     return 0
+
+
+def _say(line: str) -> None:
+    """Print a line of the stop, which goes on when the terminal went first (a `| tee` that the
+    same Ctrl-C ended, a closed window)."""
+    with contextlib.suppress(OSError):
+        print(line, flush=True)
 
 
 def _already_running(layout: StackLayout) -> int:
@@ -118,7 +126,9 @@ def _up_detached(args: argparse.Namespace, layout: StackLayout) -> int:
     from lepton_stack.stack import ready_message
 
     layout.logs.mkdir(parents=True, exist_ok=True)
-    log = (layout.logs / "stack.log").open("ab")
+    log_file = layout.logs / "stack.log"
+    log = log_file.open("ab")
+    start = log.tell()  # what this start writes, not what earlier ones did
     child = subprocess.Popen(
         [
             sys.executable,
@@ -140,14 +150,27 @@ def _up_detached(args: argparse.Namespace, layout: StackLayout) -> int:
     print("Starting the Lepton functions stack in the background ...", flush=True)
     while time.monotonic() < deadline:
         if child.poll() is not None:
-            return _fail(f"the stack failed to start; see {layout.logs / 'stack.log'}")
+            with log_file.open("rb") as written:
+                written.seek(start)
+                reasons = [
+                    line.removeprefix("lepton: ")
+                    for line in written.read().decode(errors="replace").splitlines()
+                    if line.startswith("lepton: ")
+                ]
+            why = f": {'; '.join(reasons)}" if reasons else ""
+            return _fail(f"the stack failed to start{why}; see {log_file}")
         try:
             state = read_state(layout)
         except (StackNotRunningError, ValueError):
             state = {}
         if state.get("status") == "ready" and state.get("pid") == child.pid:
             print(
-                ready_message(layout, state.get("model_version"), state.get("model_test_accuracy"))
+                ready_message(
+                    layout,
+                    state.get("model_version"),
+                    state.get("model_test_accuracy"),
+                    detached=True,
+                )
             )
             return 0
         time.sleep(0.3)
@@ -360,8 +383,17 @@ def cmd_put(args: argparse.Namespace) -> int:
     files, missing = _image_files(args.files)
     if missing:
         return _fail(f"{missing[0]}: no such file or folder")
-    for path in files:
+    named: dict[str, Path] = {}
+    for path in files:  # each is uploaded under its name alone: two of one name would be one
         key = f"{args.prefix.rstrip('/')}/{path.name}"
+        if key in named and named[key].resolve() != path.resolve():
+            return _fail(
+                f"{named[key]} and {path} would both be uploaded as s3://{uploads}/{key}, the "
+                "second replacing the first: nothing was uploaded; rename one, or put them in "
+                "separate runs"
+            )
+        named[key] = path
+    for key, path in named.items():
         etag = s3.put_object(
             Bucket=uploads,
             Key=key,

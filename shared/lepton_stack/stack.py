@@ -332,7 +332,7 @@ class LocalStack:
         parts = self._parts()
         for part in parts:
             part.start()
-        self.supervisor.parts.extend(parts)
+            self.supervisor.parts.append(part)  # stopped by shutdown() from now on
         self._save()
         for part in parts:
             part.wait_healthy(60)
@@ -425,10 +425,11 @@ class LocalStack:
         write_state(self.layout, self.state())
 
     def run(self) -> None:
-        """Supervise until SIGTERM/SIGINT, then stop everything."""
+        """Supervise until SIGTERM/SIGINT/SIGHUP (`lepton down`, Ctrl-C, the terminal closed),
+        then stop everything."""
         assert self.supervisor is not None
-        signal.signal(signal.SIGTERM, lambda *_: self.supervisor.stop())  # type: ignore[union-attr]
-        signal.signal(signal.SIGINT, lambda *_: self.supervisor.stop())  # type: ignore[union-attr]
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, lambda *_: self.supervisor.stop())  # type: ignore[union-attr]
         self.supervisor.watch()
 
     def shutdown(self) -> None:
@@ -483,13 +484,21 @@ def model_store(layout: StackLayout) -> Any:
 
 
 def ready_message(
-    layout: StackLayout, version: str | None, test_accuracy: float | None = None
+    layout: StackLayout,
+    version: str | None,
+    test_accuracy: float | None = None,
+    detached: bool = False,
 ) -> str:
     ports, s3 = layout.ports, layout.s3_endpoint
     creds = f"AWS_ACCESS_KEY_ID={ACCESS_KEY} AWS_SECRET_ACCESS_KEY={SECRET_KEY} AWS_REGION={REGION}"
     sample = layout.samples / "digit-3.png"
     rel = os.path.relpath(sample) if sample.is_absolute() else str(sample)
     accuracy = f" (test accuracy {test_accuracy:.1%})" if test_accuracy is not None else ""
+    stop = (
+        "`.venv/bin/lepton down` (it runs in the background)"
+        if detached
+        else "Ctrl-C here (or `.venv/bin/lepton down` from another terminal)"
+    )
     return f"""
 Lepton functions is running: model {layout.model!r} version {version} is live{accuracy}.
 Models, results and datasets are kept in {layout.buckets}/ (`lepton reset` starts clean).
@@ -511,5 +520,5 @@ Or call the function directly:
 Train a new version from a <label>/<image> folder:  .venv/bin/lepton train DIR
   (archives under datasets/large/ train in a JobSink Job: .venv/bin/lepton logs lepton-train-job)
 Post an event by hand: add the header in "event_headers" of {layout.state_file}
-Stop: Ctrl-C here (or `.venv/bin/lepton down` for a detached stack).
+Stop: {stop}.
 """

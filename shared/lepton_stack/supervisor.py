@@ -48,6 +48,9 @@ class Part:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             preexec_fn=die_with_parent,
+            # Out of the terminal's foreground job: Ctrl-C reaches the supervisor alone, which
+            # stops the parts in order (the S3 endpoint last, after the buckets are kept).
+            process_group=0,
         )
         stream.close()
         self.started_at = time.monotonic()

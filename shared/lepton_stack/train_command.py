@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lepton_model.datasets import MANIFEST_NAME, DatasetLimits, is_ignored, scan_directory
+from lepton_model.datasets import (
+    MANIFEST_NAME,
+    DatasetLimits,
+    is_ignored,
+    label_of,
+    label_paths,
+    scan_directory,
+)
 from lepton_model.errors import DatasetError
 
 EXIT_LIVE, EXIT_FAILED, EXIT_USAGE, EXIT_HELD_BACK = 0, 1, 2, 3
@@ -26,7 +33,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
 class FolderError(Exception):
-    """The folder cannot be a dataset; nothing was uploaded."""
+    """The folder cannot be a dataset, or the options cannot train; nothing was uploaded."""
 
 
 @dataclass(frozen=True)
@@ -57,18 +64,21 @@ def model_name_for(folder: Path, name: str | None) -> str:
 def archive_folder(
     folder: Path, name: str, options: dict[str, Any], limits: DatasetLimits
 ) -> Upload:
-    """Check the folder against the training function's limits and shape, then zip it with a
-    manifest.json of `options` as the first member."""
+    """Check the folder against the training function's limits and shape, and `options` as
+    it parses them, then zip it with a manifest.json of `options` as the first member."""
     if not folder.is_dir():
         raise FolderError(f"{folder} is not a folder of <label>/<image> files")
+    _check_options(options, name)
     try:
         files = [path for path, _ in scan_directory(folder, limits) if not is_ignored(path)]
     except DatasetError as exc:
         raise FolderError(
             f"{folder} is beyond the training function's dataset limits: {exc}"
         ) from exc
-    labels = sorted({path.split("/", 1)[0] for path in files if "/" in path})
-    loose = [path for path in files if "/" not in path]
+    # Labelled as the training function will label them (a shared wrapper folder dropped).
+    found = [label_of(path) for path in label_paths(files)]
+    labels = sorted({label for label in found if label is not None})
+    loose = [path for path, label in zip(files, found, strict=True) if label is None]
     if loose:
         raise FolderError(
             f"{folder} has files outside label folders ({', '.join(loose[:3])}); expected "
@@ -89,6 +99,18 @@ def archive_folder(
             f"{limits.violation('max_archive_bytes', f'its zip is {len(data)} bytes')}"
         )
     return Upload(name, data, len(files), tuple(labels))
+
+
+def _check_options(options: dict[str, Any], name: str) -> None:
+    """FolderError for options the training function would refuse, before anything is
+    uploaded (a refused upload would still replace the dataset of that name)."""
+    from lepton_runtime.errors import BadRequestError
+    from lepton_runtime.training.requests import DatasetSource, parse_options
+
+    try:
+        parse_options({**options, "model": name}, name, DatasetSource("archive", name=name))
+    except BadRequestError as exc:
+        raise FolderError(str(exc)) from exc
 
 
 def follow(

@@ -4,6 +4,7 @@ as the supervisor), fake function servers and a real moto server."""
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import re
@@ -171,6 +172,52 @@ def test_up_detach_passes_the_chosen_ports_to_the_background_stack(
         "--train-port=8082",
         "--webhook-port=8091",
     ]
+
+
+def test_up_detach_that_fails_says_why_not_only_where_the_log_is(
+    lepton: Run, layout: StackLayout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layout.logs.mkdir(parents=True)
+    (layout.logs / "stack.log").write_text("lepton: what went wrong the time before\n")
+
+    class PortTaken:
+        pid = 1
+
+        def __init__(self, command: list[str], stdout: Any, **_: Any) -> None:
+            stdout.write(b"Starting the Lepton functions stack ...\n")
+            stdout.write(b"lepton: port 4566 (s3) is in use on 127.0.0.1\nStopping ...\n")
+            stdout.flush()
+
+        def poll(self) -> int:
+            return 1
+
+    monkeypatch.setattr(subprocess, "Popen", PortTaken)
+    code, _, err = lepton("up", "--detach")
+
+    assert code == 1
+    assert "port 4566 (s3) is in use on 127.0.0.1" in err
+    assert "the time before" not in err
+    assert str(layout.logs / "stack.log") in err
+
+
+def test_up_detach_when_ready_says_to_stop_it_with_down_not_ctrl_c(
+    lepton: Run, layout: StackLayout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Ready:
+        pid = os.getpid()
+
+        def __init__(self, command: list[str], **_: Any) -> None:
+            fake_state(layout, pid=self.pid)
+
+        def poll(self) -> None:
+            return None
+
+    monkeypatch.setattr(subprocess, "Popen", Ready)
+    code, out, _ = lepton("up", "--detach")
+
+    assert code == 0 and "is live" in out
+    (stop,) = [line for line in out.splitlines() if line.startswith("Stop:")]
+    assert "lepton down" in stop and "Ctrl-C" not in stop
 
 
 # -- env -----------------------------------------------------------------------------------------
@@ -442,6 +489,24 @@ def test_put_uploads_the_files_under_images(
     assert head["ContentType"] == "image/png"
 
 
+def test_put_refuses_two_files_that_would_be_one_upload_and_uploads_nothing(
+    moto_lepton: Run, moto_stack: dict[str, Any], moto_layout: StackLayout, tmp_path: Path
+) -> None:
+    """A <label>/<image> folder often repeats names (circle/1.png, square/1.png): each file is
+    uploaded as images/<its name>, so the second would replace the first, unreported."""
+    for label in ("circle", "square"):
+        (tmp_path / "fresh" / label).mkdir(parents=True)
+        (tmp_path / "fresh" / label / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n" + label.encode())
+
+    code, out, err = moto_lepton("put", "--wait", "--timeout", "5", str(tmp_path / "fresh"))
+
+    assert code == 1 and out == ""
+    assert f"{tmp_path}/fresh/circle/1.png and {tmp_path}/fresh/square/1.png" in err
+    assert "images/1.png" in err
+    listing = aws_client(moto_layout, "s3").list_objects_v2(Bucket=moto_layout.uploads)
+    assert listing.get("KeyCount") == 0
+
+
 def test_put_wait_shows_each_result_as_it_lands(
     moto_lepton: Run,
     moto_stack: dict[str, Any],
@@ -595,6 +660,34 @@ def test_train_refuses_a_folder_beyond_the_dataset_limits_before_uploading(
     assert limit in err
 
 
+@pytest.mark.parametrize(
+    ("option", "refusal"),
+    [
+        ("--epochs=0", "epochs must be between 1 and 1000"),
+        ("--batch-size=0", "batch_size must be between 1 and 4096"),
+        ("--learning-rate=-1", "learning_rate must be in (0, 1)"),
+        ("--image-size=4000", "height and width must be between 4 and 1024 pixels"),
+    ],
+)
+def test_train_refuses_options_the_training_function_would_refuse_before_uploading(
+    lepton: Run,
+    layout: StackLayout,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    option: str,
+    refusal: str,
+) -> None:
+    """Exit 2, "the folder or options are wrong", and the dataset of that name left as it was."""
+    fake_state(layout)
+    monkeypatch.setattr("lepton_stack.cli._s3", lambda state: pytest.fail("uploaded"))
+    for label in ("0", "1"):
+        (tmp_path / "set" / label).mkdir(parents=True)
+        (tmp_path / "set" / label / "a.png").write_bytes(b"12345")
+    code, _, err = lepton("train", str(tmp_path / "set"), option)
+    assert code == 2
+    assert refusal in err
+
+
 def test_predict_classifies_the_images_in_a_folder(
     lepton: Run, subscriber: Subscriber, tmp_path: Path
 ) -> None:
@@ -744,3 +837,48 @@ def test_reset_forgets_what_a_stopped_stack_kept_and_refuses_while_it_runs(
     code, out, _ = lepton("reset")
     assert code == 0 and "starts clean" in out
     assert not layout.buckets.exists()
+
+
+class _ClosedTerminal(io.TextIOBase):
+    """stdout once the terminal is gone: a `| tee` that the same Ctrl-C ended, a closed window."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+class _StackInterruptedWithItsTerminal:
+    """Plays LocalStack for `lepton up`: ready at once, then Ctrl-C takes the terminal with it."""
+
+    shut_down = False
+
+    def __init__(self, layout: StackLayout) -> None:
+        from lepton_stack.state import StackLock
+
+        self.lock = StackLock(layout)
+        self.model_version, self.model_accuracy = "20240101-000000-abcdef12", None
+
+    def start(self, progress: Callable[[str], None]) -> None:
+        progress("every part is up")
+
+    def run(self) -> None:
+        sys.stdout = _ClosedTerminal()
+        raise KeyboardInterrupt
+
+    def shutdown(self) -> None:
+        type(self).shut_down = True
+        self.lock.release()
+
+
+def test_up_still_stops_its_stack_when_ctrl_c_closed_its_output(
+    lepton: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make run | tee run.log`, then Ctrl-C: the stop (the buckets kept once more, stack.json
+    written) is not skipped for the "Stopping ..." line that can no longer be printed."""
+    monkeypatch.setattr("lepton_runtime.logs.configure", lambda *_: None)
+    monkeypatch.setattr("lepton_stack.stack.write_samples", lambda layout: [])
+    monkeypatch.setattr("lepton_stack.stack.LocalStack", _StackInterruptedWithItsTerminal)
+    monkeypatch.setattr(sys, "stdout", sys.stdout)  # put back after the test
+
+    lepton("up")
+
+    assert _StackInterruptedWithItsTerminal.shut_down

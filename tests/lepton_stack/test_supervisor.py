@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -196,6 +197,33 @@ SUPERVISOR = textwrap.dedent(
     time.sleep(60)
     """
 )
+
+
+def test_ctrl_c_in_the_terminal_reaches_the_supervisor_and_not_its_parts(tmp_path: Path) -> None:
+    """A terminal sends Ctrl-C's SIGINT to its whole foreground job: the supervisor has to stop
+    the parts itself, in order (the S3 endpoint last, after the buckets are kept)."""
+    script = SUPERVISOR.format(command=SLEEP, log=str(tmp_path / "child.log")).replace(
+        "part.start()",
+        "import signal\n"
+        "signal.signal(signal.SIGINT, lambda *_: print('interrupted', flush=True))\n"
+        "part.start()",
+    )
+    supervisor = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, process_group=0
+    )  # the terminal's foreground job: its own process group, as a shell makes it
+    try:
+        assert supervisor.stdout is not None
+        child = int(supervisor.stdout.readline())
+        wait_for(lambda: "up" in (tmp_path / "child.log").read_text(), timeout=10)
+
+        os.killpg(supervisor.pid, signal.SIGINT)
+
+        assert supervisor.stdout.readline() == "interrupted\n"
+        time.sleep(0.5)
+        assert pid_alive(child)
+    finally:
+        supervisor.kill()
+        supervisor.wait(5)
 
 
 def test_children_die_when_the_supervisor_is_killed(tmp_path: Path) -> None:

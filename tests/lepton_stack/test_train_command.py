@@ -64,6 +64,29 @@ def test_files_outside_label_folders_are_refused(tmp_path: Path) -> None:
         tc.archive_folder(folder, "set", {}, DatasetLimits())
 
 
+def test_a_folder_wrapping_its_label_folders_is_taken_as_training_takes_it(
+    tmp_path: Path,
+) -> None:
+    """`download/images/<label>/...` (an unpacked download): the training function drops the
+    folder every file shares, so `lepton train download` must not call it one label."""
+    download = tmp_path / "download"
+    _folder(download / "images", {"circle": 2, "square": 1})
+
+    upload = tc.archive_folder(download, "download", {}, DatasetLimits())
+
+    assert (upload.images, upload.labels) == (3, ("circle", "square"))
+
+
+def test_the_labels_announced_are_the_folders_the_images_are_in(tmp_path: Path) -> None:
+    """As training labels them: `A/more/x.png` is in class `more`, not `A`."""
+    folder = _folder(tmp_path / "letters", {"A": 1, "B": 1})
+    _folder(folder / "A", {"more": 1})
+
+    upload = tc.archive_folder(folder, "letters", {}, DatasetLimits())
+
+    assert upload.labels == ("A", "B", "more")
+
+
 def _done(promoted: bool, **reply: Any) -> dict[str, Any]:
     return {
         "stage": "done",
