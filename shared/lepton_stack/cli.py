@@ -426,7 +426,7 @@ def cmd_put(args: argparse.Namespace) -> int:
                 else:
                     best = result["predictions"][0]
                     line = f"{key}: {best['label']} ({best['confidence']:.1%})"
-                bar.write(f"{line}  -> s3://{results}/{key}.json")
+                bar.write(f"{line}{_classified_by(result)}  -> s3://{results}/{key}.json")
             if pending:
                 time.sleep(0.2)
     if pending:
@@ -437,6 +437,15 @@ def cmd_put(args: argparse.Namespace) -> int:
     if failed:
         return _fail(f"{failed} of {len(keys)} image(s) could not be classified (see above)")
     return 0
+
+
+def _classified_by(result: dict[str, Any]) -> str:
+    """` [model version]`: which model answered (an upload under images/<name>/ is classified
+    by model <name> only when one of that name is published, else by the default)."""
+    model = result.get("model")
+    if not isinstance(model, dict) or not model.get("name"):
+        return ""
+    return f" [{model['name']} {model.get('version', '')}]".replace(" ]", "]")
 
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")

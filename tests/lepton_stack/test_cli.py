@@ -521,6 +521,28 @@ def test_put_wait_shows_each_result_as_it_lands(
     assert f"{key}: 3 (50.0%)  -> s3://{moto_layout.results}/{key}.json" in out
 
 
+def test_put_wait_names_the_model_that_answered(
+    moto_lepton: Run,
+    moto_stack: dict[str, Any],
+    moto_layout: StackLayout,
+    image: Path,
+    results_writer: Callable[[dict[str, Any]], None],
+) -> None:
+    """`--prefix images/shapes/` with no model of that name published is answered by the
+    default model: the line says so."""
+    results_writer(
+        {
+            "model": {"name": "digits", "version": "v3"},
+            "predictions": [{"label": "3", "confidence": 0.5}],
+        }
+    )
+    code, out, _ = moto_lepton(
+        "put", "--wait", "--timeout", "20", "--prefix", "images/shapes/", str(image)
+    )
+    assert code == 0
+    assert f"images/shapes/{image.name}: 3 (50.0%) [digits v3]  -> " in out
+
+
 def test_put_wait_shows_a_failed_result_and_exits_1(
     moto_lepton: Run,
     moto_stack: dict[str, Any],
