@@ -568,7 +568,7 @@ def from_files(
     digest = hashlib.sha256()
     for folder, item in zip(folders, items, strict=True):
         digest.update(f"{folder}\0{item.note}\n".encode("utf-8", "surrogateescape"))
-    _check_counts(Counter(class_names[i] for i in labels), class_names, limits)
+    check_counts(Counter(class_names[i] for i in labels), class_names, limits)
     return Dataset(
         images=np.stack([item.image for item in items]).astype(np.float32, copy=False),
         labels=np.asarray(labels, dtype=np.int64),
@@ -742,7 +742,7 @@ def from_arrays(
             "max_decoded_bytes", f"{pixels.shape[0]} images of {shape} float32 are {decoded} bytes"
         )
     pixels = _conform(pixels, prep)
-    _check_counts(Counter(class_names[i] for i in label_ids), class_names, limits)
+    check_counts(Counter(class_names[i] for i in label_ids), class_names, limits)
     digest = hashlib.sha256()
     digest.update(repr((pixels.shape, class_names)).encode())
     digest.update(np.ascontiguousarray(pixels).tobytes())
@@ -768,7 +768,9 @@ def _conform(pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:
     return out
 
 
-def _check_counts(counts: Counter, class_names: tuple[str, ...], limits: DatasetLimits) -> None:
+def check_counts(counts: Counter, class_names: tuple[str, ...], limits: DatasetLimits) -> None:
+    """DatasetError unless there are `limits.min_classes` classes of `limits.min_per_class`
+    images each (`counts`: images per class name)."""
     if len(class_names) < limits.min_classes:
         raise DatasetError(
             f"the dataset has {len(class_names)} class(es); at least {limits.min_classes} needed",

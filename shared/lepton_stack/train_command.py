@@ -14,6 +14,7 @@ import re
 import sys
 import time
 import zipfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 from lepton_model.datasets import (
     MANIFEST_NAME,
     DatasetLimits,
+    check_counts,
     is_ignored,
     label_of,
     label_paths,
@@ -76,9 +78,9 @@ def archive_folder(
             f"{folder} is beyond the training function's dataset limits: {exc}"
         ) from exc
     # Labelled as the training function will label them (a shared wrapper folder dropped).
-    found = [label_of(path) for path in label_paths(files)]
-    labels = sorted({label for label in found if label is not None})
-    loose = [path for path, label in zip(files, found, strict=True) if label is None]
+    file_labels = [label_of(path) for path in label_paths(files)]
+    labels = sorted({label for label in file_labels if label is not None})
+    loose = [path for path, label in zip(files, file_labels, strict=True) if label is None]
     if loose:
         raise FolderError(
             f"{folder} has files outside label folders ({', '.join(loose[:3])}); expected "
@@ -87,6 +89,10 @@ def archive_folder(
     if len(labels) < 2:
         found = f"one label folder ({labels[0]})" if labels else "no label folder with images"
         raise FolderError(f"{folder} has {found}: a classifier needs at least two")
+    try:  # counted on files: a class short of images here is short after decoding too
+        check_counts(Counter(file_labels), tuple(labels), limits)
+    except DatasetError as exc:
+        raise FolderError(f"{folder}: {exc}: {'; '.join(exc.problems)}") from exc
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr(MANIFEST_NAME, json.dumps({**options, "model": name}))

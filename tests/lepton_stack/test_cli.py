@@ -675,7 +675,8 @@ def test_train_refuses_a_folder_beyond_the_dataset_limits_before_uploading(
     monkeypatch.setattr("lepton_stack.cli._s3", lambda state: pytest.fail("uploaded"))
     for label in ("0", "1"):
         (tmp_path / "set" / label).mkdir(parents=True)
-        (tmp_path / "set" / label / "a.png").write_bytes(b"12345")
+        for index in range(5):  # the per-class minimum
+            (tmp_path / "set" / label / f"{index}.png").write_bytes(b"12345")
     code, _, err = lepton("train", str(tmp_path / "set"))
     assert code == 2
     assert "is beyond the training function's dataset limits" in err

@@ -14,6 +14,9 @@ import pytest
 from lepton_model.datasets import DatasetLimits
 from lepton_stack import train_command as tc
 
+# The archive's shape, not its counts: a class of one image is a folder these tests may use.
+ANY_COUNT = DatasetLimits(min_per_class=1)
+
 
 def _folder(root: Path, labels: dict[str, int]) -> Path:
     for label, count in labels.items():
@@ -33,7 +36,7 @@ def test_the_model_is_named_after_the_folder(tmp_path: Path) -> None:
 def test_the_archive_holds_the_options_first_then_the_images(tmp_path: Path) -> None:
     folder = _folder(tmp_path / "shapes", {"circle": 2, "square": 1})
 
-    upload = tc.archive_folder(folder, "shapes", {"epochs": 5}, DatasetLimits())
+    upload = tc.archive_folder(folder, "shapes", {"epochs": 5}, ANY_COUNT)
 
     archive = zipfile.ZipFile(io.BytesIO(upload.data))
     assert archive.namelist() == ["manifest.json", "circle/0.png", "circle/1.png", "square/0.png"]
@@ -56,6 +59,15 @@ def test_a_folder_a_classifier_cannot_learn_from_is_refused(
         tc.archive_folder(folder, "set", {}, DatasetLimits())
 
 
+def test_a_class_short_of_images_is_refused_before_anything_is_uploaded(tmp_path: Path) -> None:
+    """The training function's per-class minimum (5), counted on the files: refused here
+    (exit 2), the folder is never uploaded over the dataset of that name to fail there."""
+    folder = _folder(tmp_path / "shapes", {"circle": 6, "square": 2})
+
+    with pytest.raises(tc.FolderError, match=r"class 'square' has 2 image\(s\); at least 5"):
+        tc.archive_folder(folder, "shapes", {}, DatasetLimits())
+
+
 def test_files_outside_label_folders_are_refused(tmp_path: Path) -> None:
     folder = _folder(tmp_path / "set", {"a": 1, "b": 1})
     (folder / "stray.png").write_bytes(b"x")
@@ -72,7 +84,7 @@ def test_a_folder_wrapping_its_label_folders_is_taken_as_training_takes_it(
     download = tmp_path / "download"
     _folder(download / "images", {"circle": 2, "square": 1})
 
-    upload = tc.archive_folder(download, "download", {}, DatasetLimits())
+    upload = tc.archive_folder(download, "download", {}, ANY_COUNT)
 
     assert (upload.images, upload.labels) == (3, ("circle", "square"))
 
@@ -82,7 +94,7 @@ def test_the_labels_announced_are_the_folders_the_images_are_in(tmp_path: Path) 
     folder = _folder(tmp_path / "letters", {"A": 1, "B": 1})
     _folder(folder / "A", {"more": 1})
 
-    upload = tc.archive_folder(folder, "letters", {}, DatasetLimits())
+    upload = tc.archive_folder(folder, "letters", {}, ANY_COUNT)
 
     assert upload.labels == ("A", "B", "more")
 
