@@ -42,11 +42,12 @@ class RequestLog:
 
     With `flush_seconds` (what the server uses), the lines written on an event loop are
     gathered and go out together: `flush_seconds` after the first of them, as soon as they
-    would pass PIPE_BUF bytes, and at `flush()` (the server's stop). A write per line was ~25 µs
-    of a request's CPU under load; a line is then out at most `flush_seconds` late, and a
-    `kill -9` loses at most those. Every write holds whole lines and at most PIPE_BUF bytes, so
-    the worker processes sharing a pipe never interleave them (POSIX makes pipe writes of that
-    size atomic). Without a running loop, or with `flush_seconds` 0, each line goes out at once.
+    would pass PIPE_BUF bytes, and at `flush()` (the server's stop). A write per line was
+    ~12-15 µs of a request's CPU under load (docs/performance.md); a line is then out at most
+    `flush_seconds` late, and a `kill -9` loses at most those. Every write holds whole lines
+    and at most PIPE_BUF bytes, so the worker processes sharing a pipe never interleave them
+    (POSIX makes pipe writes of that size atomic). Without a running loop, or with
+    `flush_seconds` 0, each line goes out at once.
     """
 
     LOGGER = "lepton.access"

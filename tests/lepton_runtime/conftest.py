@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from s3_fault_proxy import FaultyS3Proxy
+
 ServeFunction = Callable[..., tuple[subprocess.Popen, str]]
 
 
@@ -73,3 +75,12 @@ def serve_function() -> Iterator[ServeFunction]:
                 process.wait(15)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+@pytest.fixture
+def proxy(moto_server: str) -> Iterator[FaultyS3Proxy]:
+    """A proxy in front of the moto server that records requests and fails or holds chosen
+    ones (a process started with its URL as endpoint meets the faults)."""
+    server = FaultyS3Proxy(moto_server)
+    yield server
+    server.close()

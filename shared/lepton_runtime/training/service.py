@@ -315,7 +315,7 @@ class TrainingService:
         deadline = time.monotonic() + self.settings.training_wait_seconds
         waited = False
         while True:
-            version = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + run_id[:8]
+            version = datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + _version_suffix(run_id)
             details = {
                 "version": version,
                 "started": time.time(),
@@ -603,7 +603,7 @@ class TrainingService:
         and then stopped (killed before the pointer or the run's record was written, or the
         store failing just then) is answered from that version, never trained again."""
         for version in reversed(self.store.versions(name)):
-            if not version.endswith(f"-{run_id[:8]}"):  # versions end with their run's id
+            if not version.endswith(_version_suffix(run_id)):
                 continue
             try:
                 raw = self.store.metadata(name, version)
@@ -800,6 +800,11 @@ class _Published:
 def _labels(names: Any) -> str:
     shown = ", ".join(str(name) for name in list(names)[:8])
     return f"[{shown}{', ...' if len(list(names)) > 8 else ''}]"
+
+
+def _version_suffix(run_id: str) -> str:
+    """How the name of every version a run stores ends (its start time comes first)."""
+    return f"-{run_id[:8]}"
 
 
 def _now() -> str:

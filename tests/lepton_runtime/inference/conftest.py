@@ -25,7 +25,6 @@ from lepton_runtime.inference.service import InferenceService
 from lepton_runtime.models.store import ModelStore
 from lepton_runtime.settings import Location, Settings
 from lepton_runtime.storage import Storage
-from s3_fault_proxy import FaultyS3Proxy
 
 MODEL = "digits"
 VERSION = "v1"
@@ -191,11 +190,3 @@ def models_bucket(moto_endpoint: str, model_dir: Path) -> str:
     store.upload_version(MODEL, VERSION, model_dir)
     assert store.advance_pointer(MODEL, VERSION, {"trained_at": time.time()}).moved
     return bucket
-
-
-@pytest.fixture
-def proxy(moto_server: str) -> Iterator[FaultyS3Proxy]:
-    """A proxy in front of the moto server that records requests and fails chosen ones."""
-    server = FaultyS3Proxy(moto_server)
-    yield server
-    server.close()

@@ -112,6 +112,17 @@ def _timed_post(url: str, **kwargs: Any) -> tuple[requests.Response, float]:
     return response, time.monotonic() - started
 
 
+def _post_v2_json(
+    served: dict[str, Any], tensor: dict[str, Any]
+) -> tuple[requests.Response, float]:
+    """A V2 inference request in JSON of the one input `tensor`."""
+    return _timed_post(
+        served["url"] + "/v2/models/digits/infer",
+        data=json.dumps({"inputs": [tensor]}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+
+
 def _post_v2_binary(
     served: dict[str, Any], shape: list[int], datatype: str, raw: bytes
 ) -> tuple[requests.Response, float]:
@@ -198,11 +209,7 @@ def test_a_v2_shape_of_sixty_thousand_dimensions_is_refused_at_once(served, data
     event loop ~13 s (quadratic in the dimensions: a 20 MB body, hours)."""
     tensor = {"name": "image", "shape": [1] + [2**63 - 1] * 60_000, "datatype": datatype}
     tensor["data"] = ["eA=="] if datatype == "BYTES" else [1.0]
-    response, seconds = _timed_post(
-        served["url"] + "/v2/models/digits/infer",
-        data=json.dumps({"inputs": [tensor]}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
+    response, seconds = _post_v2_json(served, tensor)
     assert seconds < ANSWER_SECONDS
     assert (response.status_code, response.json()["code"]) == (400, "bad_request")
 
@@ -219,11 +226,7 @@ def test_a_v2_shape_numpy_cannot_hold_is_a_400(served, shape: list[int]) -> None
         "datatype": "FP32",
         "data": [1.0] if 0 not in shape else [],
     }
-    response, seconds = _timed_post(
-        served["url"] + "/v2/models/digits/infer",
-        data=json.dumps({"inputs": [tensor]}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
+    response, seconds = _post_v2_json(served, tensor)
     assert seconds < ANSWER_SECONDS
     assert (response.status_code, response.json()["code"]) == (400, "bad_request")
 

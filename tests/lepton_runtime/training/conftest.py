@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import uuid
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote_plus
@@ -20,7 +20,6 @@ from lepton_runtime.http.server import build_app
 from lepton_runtime.settings import Settings
 from lepton_runtime.storage import Storage
 from lepton_runtime.training.service import TrainingService
-from s3_fault_proxy import FaultyS3Proxy
 
 
 @pytest.fixture(scope="session")
@@ -109,12 +108,3 @@ def buckets(moto_endpoint: str) -> dict[str, str]:
     for name in names.values():
         client.create_bucket(Bucket=name)
     return names
-
-
-@pytest.fixture
-def proxy(moto_server: str) -> Iterator[FaultyS3Proxy]:
-    """A proxy in front of the moto server that records requests and fails or holds chosen
-    ones (a replica started with its URL as endpoint meets the faults)."""
-    server = FaultyS3Proxy(moto_server)
-    yield server
-    server.close()
